@@ -1,0 +1,1 @@
+"""Self-hosted fine-tuning service: the web application and what workers share with it."""

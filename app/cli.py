@@ -1,0 +1,104 @@
+"""The `finetune` command: keys, migrations, and starting the API and workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import typer
+
+from app.config import get_settings
+
+cli = typer.Typer(help="Self-hosted fine-tuning service.", no_args_is_help=True, add_completion=False)
+keys = typer.Typer(help="API keys.", no_args_is_help=True)
+cli.add_typer(keys, name="keys")
+
+
+def _prepare() -> None:
+    """Make the var folder and bring the schema to head (idempotent, quick when up to date)."""
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+
+
+@keys.command("create")
+def keys_create(team: str = typer.Option(..., "--team", help="team name; created if new")) -> None:
+    """Create an API key for TEAM and print it once (only its hash is stored)."""
+    from app.db import Database
+    from app.teams.service import create_key
+
+    _prepare()
+    db = Database(get_settings().database_url)
+    with db.session() as session:
+        _, key = create_key(session, team)
+    db.dispose()
+    typer.echo(key)
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest migration."""
+    _prepare()
+    typer.echo("database at head")
+
+
+def worker_command(concurrency_name: str = "worker") -> list[str]:
+    """One worker process: the solo pool keeps CUDA out of forked children; one process per GPU."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-P", "solo", "-Q", "training", "--loglevel", "INFO", "-n", f"{concurrency_name}@%h",
+    ]  # fmt: skip
+
+
+def api_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
+
+
+@cli.command()
+def worker() -> None:
+    """Run one training worker in the foreground (pin a GPU with CUDA_VISIBLE_DEVICES)."""
+    os.execv(sys.executable, worker_command())
+
+
+@cli.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the API in the foreground."""
+    _prepare()
+    os.execv(sys.executable, api_command(host, port))
+
+
+@cli.command()
+def up(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start the API and one worker on this machine (the embedded default); Ctrl-C stops both."""
+    _prepare()
+    procs = [subprocess.Popen(worker_command()), subprocess.Popen(api_command(host, port))]
+    typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")
+
+    def stop(*_: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Service configuration: one Settings object read from FINETUNE_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything that differs between the embedded default and a production stack."""
+
+    model_config = SettingsConfigDict(env_prefix="FINETUNE_", env_file=".env", extra="ignore")
+
+    env: str = Field("dev", description="dev | test | prod; prod refuses embedded defaults")
+    var_dir: Path = Field(Path("var"), description="Folder for the embedded SQLite files and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under var_dir")
+    broker_url: str | None = Field(None, description="Celery broker; default: SQLAlchemy transport on SQLite")
+    artifacts_url: str | None = Field(None, description="Artifact store: a folder or s3://bucket/prefix")
+    models_dir: Path | None = Field(None, description="Folder of Hugging Face format base models")
+    model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
+    max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
+    worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
+    task_always_eager: bool = False
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> Settings:
+        self.var_dir = self.var_dir.resolve()
+        if self.env == "prod" and (self.database_url is None or self.broker_url is None):
+            raise ValueError(
+                "FINETUNE_ENV=prod needs FINETUNE_DATABASE_URL and FINETUNE_BROKER_URL; "
+                "the embedded SQLite defaults are for one machine only"
+            )
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.var_dir / 'finetune.db'}"
+        if self.broker_url is None:
+            self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
+        if self.artifacts_url is None:
+            self.artifacts_url = str(self.var_dir / "artifacts")
+        if self.models_dir is None:
+            self.models_dir = self.var_dir / "base-models"
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,91 @@
+"""Dataset rules: parse and validate at upload, store, list, delete; every query scoped to a team."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.datasets.ingest import parse_upload
+from app.datasets.models import Dataset
+from app.datasets.store import dataset_key, write_dataset
+from app.errors import Conflict, InvalidUpload, NotFound
+from app.jobs.models import JobStatus, TrainingJob
+from app.storage import ArtifactStore
+from app.tasks.types import TaskType
+
+
+def create_dataset(
+    session: Session,
+    store: ArtifactStore,
+    team_id: str,
+    *,
+    task: TaskType,
+    filename: str,
+    data: bytes,
+    name: str | None,
+    text_column: str,
+    label_column: str,
+) -> Dataset:
+    """Validate the whole upload, then store files and row; a failure leaves nothing behind."""
+    if not data:
+        raise InvalidUpload(f"'{filename}' is empty; upload a zip of class folders or a CSV/JSONL file")
+    parsed = parse_upload(task, filename, data, text_column=text_column, label_column=label_column)
+    dataset = Dataset(
+        team_id=team_id,
+        name=name or filename,
+        task=task.value,
+        filename=filename,
+        labels=parsed.labels,
+        counts=parsed.counts,
+        warnings=parsed.warnings,
+        num_examples=len(parsed.records),
+        size_bytes=len(data),
+        splits_given=parsed.splits_given,
+        storage_key="",
+    )
+    session.add(dataset)
+    session.flush()
+    dataset.storage_key = dataset_key(dataset.id)
+    try:
+        write_dataset(store, dataset.storage_key, parsed)
+        session.flush()
+    except BaseException:
+        store.delete_prefix(dataset.storage_key)
+        raise
+    return dataset
+
+
+def get_dataset(session: Session, team_id: str, dataset_id: str) -> Dataset:
+    """The team's dataset, or 404 (another team's answers exactly like a missing one)."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.team_id == team_id))
+    if dataset is None:
+        raise NotFound(f"No dataset '{dataset_id}'. List yours with GET /datasets.")
+    return dataset
+
+
+def list_datasets(session: Session, team_id: str, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
+    """Newest first, cursor-paged by id order within creation time."""
+    query = select(Dataset).where(Dataset.team_id == team_id).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    if cursor:
+        anchor = get_dataset(session, team_id, cursor)
+        query = query.where(
+            (Dataset.created_at < anchor.created_at)
+            | ((Dataset.created_at == anchor.created_at) & (Dataset.id < anchor.id))
+        )
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def delete_dataset(session: Session, store: ArtifactStore, dataset: Dataset) -> None:
+    """Remove the row, then its files (jobs keep their results; their dataset_id becomes null)."""
+    active = session.scalar(
+        select(TrainingJob.id).where(
+            TrainingJob.dataset_id == dataset.id, TrainingJob.status.in_([JobStatus.queued, JobStatus.running])
+        )
+    )
+    if active:
+        raise Conflict(f"Job '{active}' is training on this dataset; cancel it (POST /jobs/{active}/cancel) first.")
+    key = dataset.storage_key
+    session.delete(dataset)
+    session.flush()
+    store.delete_prefix(key)

@@ -1,0 +1,54 @@
+"""Request dependencies as Annotated aliases, so handler signatures read like prose."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Unauthorized
+from app.storage import ArtifactStore
+from app.teams.models import Team
+from app.teams.service import team_for_key
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create --team NAME`")
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; commits if the handler returned, rolls back if it raised."""
+    with request.app.state.db.session() as session:
+        yield session
+
+
+def get_team(
+    session: Annotated[Session, Depends(get_session, scope="function")],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Team:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
+    return team_for_key(session, credentials.credentials)
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+# scope="function": the session commits before the response is sent, so a client never reads stale state.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+CurrentTeam = Annotated[Team, Depends(get_team)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

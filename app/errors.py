@@ -1,0 +1,53 @@
+"""Typed errors that carry their HTTP status; one handler renders them as problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error the user can act on: status, a short title and a detail that says what to fix."""
+
+    status: int = 400
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, status: int | None = None, title: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if title is not None:
+            self.title = title
+
+
+class NotFound(AppError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(AppError):
+    status = 409
+    title = "Conflict"
+
+
+class InvalidInput(AppError):
+    status = 422
+    title = "Invalid input"
+
+
+class InvalidUpload(AppError):
+    status = 422
+    title = "Invalid dataset upload"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    title = "Upload too large"
+
+
+class Unauthorized(AppError):
+    status = 401
+    title = "Unauthorized"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    title = "Service unavailable"

@@ -1,0 +1,115 @@
+"""Job state transitions a worker makes; every write after the claim is fenced by the attempt number."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.jobs.models import Checkpoint, JobEvent, JobStatus, Metric, TrainingJob
+
+
+class LostLease(Exception):
+    """This worker's attempt no longer owns the job (it was reclaimed or finished elsewhere)."""
+
+
+def claim_job(session: Session, job_id: str, worker: str) -> int | None:
+    """Take a queued job: a conditional UPDATE bumps the attempt; None if it is not ours to run."""
+    job = session.get(TrainingJob, job_id)
+    if job is None or job.status != JobStatus.queued or job.cancel_requested:
+        return None
+    attempt, now = job.attempt + 1, utcnow()
+    claimed = session.execute(
+        update(TrainingJob)
+        .where(
+            TrainingJob.id == job_id,
+            TrainingJob.attempt == attempt - 1,
+            TrainingJob.status == JobStatus.queued,
+            TrainingJob.cancel_requested.is_(False),
+        )
+        .values(
+            status=JobStatus.running,
+            attempt=attempt,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=job.started_at or now,
+        )
+    ).rowcount
+    if not claimed:
+        return None
+    session.add(
+        JobEvent(job_id=job_id, kind="claimed", message=f"claimed by {worker} (attempt {attempt})", attempt=attempt)
+    )
+    return attempt
+
+
+def _fence(job_id: str, attempt: int) -> Any:
+    return (TrainingJob.id == job_id) & (TrainingJob.attempt == attempt) & (TrainingJob.status == JobStatus.running)
+
+
+def heartbeat(session: Session, job_id: str, attempt: int, **progress: Any) -> bool:
+    """Renew the lease and record progress; returns whether a cancel was requested. Raises LostLease."""
+    row = session.execute(
+        update(TrainingJob)
+        .where(_fence(job_id, attempt))
+        .values(heartbeat_at=utcnow(), **progress)
+        .returning(TrainingJob.cancel_requested)
+    ).first()
+    if row is None:
+        raise LostLease(job_id)
+    return bool(row[0])
+
+
+def write_metrics(session: Session, job_id: str, attempt: int, rows: list[dict], **progress: Any) -> bool:
+    """Fenced batch insert of metric rows (and a heartbeat); returns whether a cancel was requested."""
+    cancel = heartbeat(session, job_id, attempt, **progress)
+    if rows:
+        session.execute(insert(Metric), [{"job_id": job_id, **row} for row in rows])
+    return cancel
+
+
+def add_event(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+
+
+def record_checkpoint(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    step: int,
+    epoch: int,
+    key: str,
+    metric: str,
+    value: float,
+    best: bool,
+) -> list[str]:
+    """Record a checkpoint; keep only the best and the newest. Returns storage keys no longer needed."""
+    heartbeat(session, job_id, attempt)
+    if best:
+        session.execute(update(Checkpoint).where(Checkpoint.job_id == job_id).values(is_best=False))
+    session.add(
+        Checkpoint(
+            job_id=job_id, step=step, epoch=epoch, storage_key=key, metric_name=metric, metric_value=value, is_best=best
+        )
+    )
+    session.flush()
+    rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
+    newest = rows[-1]
+    stale = [c for c in rows if not c.is_best and c is not newest]
+    for c in stale:
+        session.delete(c)
+    return [c.storage_key for c in stale]
+
+
+def finish_job(session: Session, job_id: str, attempt: int, status: JobStatus, **values: Any) -> None:
+    """The final state of this attempt (succeeded, failed, cancelled). Raises LostLease."""
+    finished_at: datetime = utcnow()
+    done = session.execute(
+        update(TrainingJob).where(_fence(job_id, attempt)).values(status=status, finished_at=finished_at, **values)
+    ).rowcount
+    if not done:
+        raise LostLease(job_id)

@@ -1,0 +1,100 @@
+"""Registered models and aliases; every query scoped to a team."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.errors import NotFound
+from app.models.models import Alias, RegisteredModel
+
+DEFAULT_ALIAS = "production"
+
+
+def get_model(session: Session, team_id: str, model_id: str) -> RegisteredModel:
+    model = session.scalar(
+        select(RegisteredModel).where(RegisteredModel.id == model_id, RegisteredModel.team_id == team_id)
+    )
+    if model is None:
+        raise NotFound(f"No model '{model_id}'. List yours with GET /models.")
+    return model
+
+
+def list_models(
+    session: Session, team_id: str, limit: int, cursor: str | None
+) -> tuple[list[RegisteredModel], str | None]:
+    query = select(RegisteredModel).where(RegisteredModel.team_id == team_id)
+    query = query.order_by(RegisteredModel.created_at.desc(), RegisteredModel.id.desc())
+    if cursor:
+        anchor = get_model(session, team_id, cursor)
+        query = query.where(
+            (RegisteredModel.created_at < anchor.created_at)
+            | ((RegisteredModel.created_at == anchor.created_at) & (RegisteredModel.id < anchor.id))
+        )
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def set_alias(session: Session, team_id: str, name: str, model_id: str) -> Alias:
+    """Point alias `name` at one of the team's models (created or moved)."""
+    get_model(session, team_id, model_id)
+    alias = session.get(Alias, (team_id, name))
+    if alias is None:
+        alias = Alias(team_id=team_id, name=name, model_id=model_id)
+        session.add(alias)
+    else:
+        alias.model_id, alias.updated_at = model_id, utcnow()
+    session.flush()
+    return alias
+
+
+def list_aliases(session: Session, team_id: str) -> list[Alias]:
+    return list(session.scalars(select(Alias).where(Alias.team_id == team_id).order_by(Alias.name)))
+
+
+def resolve_model(session: Session, team_id: str, ref: str | None) -> RegisteredModel:
+    """A model id or an alias name (default: production) to the team's model."""
+    ref = ref or DEFAULT_ALIAS
+    alias = session.get(Alias, (team_id, ref))
+    if alias is not None:
+        return get_model(session, team_id, alias.model_id)
+    model = session.scalar(select(RegisteredModel).where(RegisteredModel.id == ref, RegisteredModel.team_id == team_id))
+    if model is None:
+        hint = (
+            f"No alias '{DEFAULT_ALIAS}' is set: point it at a model with PUT /aliases/{DEFAULT_ALIAS}, or pass 'model'."
+            if ref == DEFAULT_ALIAS
+            else "Pass a model id from GET /models or an alias from GET /aliases."
+        )
+        raise NotFound(f"No model or alias '{ref}'. {hint}")
+    return model
+
+
+def register_model(
+    session: Session,
+    *,
+    model_id: str,
+    team_id: str,
+    job_id: str,
+    name: str,
+    task: str,
+    base_model: str,
+    labels: list[str],
+    metrics: dict,
+    storage_key: str,
+) -> RegisteredModel:
+    """Record a fine-tuned model whose files are already in the store."""
+    model = RegisteredModel(
+        id=model_id,
+        team_id=team_id,
+        job_id=job_id,
+        name=name,
+        task=task,
+        base_model=base_model,
+        labels=labels,
+        metrics=metrics,
+        storage_key=storage_key,
+    )
+    session.add(model)
+    session.flush()
+    return model

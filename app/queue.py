@@ -1,0 +1,37 @@
+"""The Celery application both sides share: the API only sends task names, workers run them."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import Settings
+
+TRAIN_TASK = "finetune.train"
+TRAINING_QUEUE = "training"
+# Longer than any job: a message is redelivered only if its worker died without acking.
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for `settings`: late acks, one job at a time per worker process."""
+    app = Celery("finetune", broker=settings.broker_url)
+    app.conf.update(
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=TRAINING_QUEUE,
+        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_always_eager=settings.task_always_eager,
+    )
+    if not (settings.broker_url or "").startswith("sqla+"):
+        # kombu passes transport options to create_engine() for the SQLAlchemy transport, which rejects them.
+        app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return app
+
+
+def enqueue_training(celery: Celery, job_id: str) -> None:
+    """Send the job id (never an ORM object); call only after the job row is committed."""
+    celery.send_task(TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE)

@@ -1,0 +1,78 @@
+"""The artifact store: datasets, checkpoints and models under keys, in a local folder or S3 (fsspec)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+class ArtifactStore:
+    """Keys like `datasets/<id>/data.jsonl` under one root URL (a folder, or `s3://bucket/prefix`)."""
+
+    def __init__(self, root_url: str, cache_dir: Path | None = None) -> None:
+        self.fs, root = fsspec.core.url_to_fs(root_url)
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.cache_dir = cache_dir
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> str:
+        """The store path of `key`."""
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid artifact key {key!r}")
+        return f"{self.root}/{key}"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write `data` at `key` atomically where the store allows it (local: write then rename)."""
+        path = self.path(key)
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def put_dir(self, local_dir: Path, key: str) -> None:
+        """Copy a local folder to `key` (a prefix)."""
+        for file in sorted(Path(local_dir).rglob("*")):
+            if file.is_file():
+                self.put_bytes(f"{key}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
+
+    def local_dir(self, key: str) -> Path:
+        """A local folder holding the files under `key`: the folder itself when local, else a cached copy."""
+        if self.is_local:
+            return Path(self.path(key))
+        if self.cache_dir is None:
+            raise RuntimeError("a remote artifact store needs a cache_dir to materialise folders")
+        target = self.cache_dir / key
+        marker = target / ".complete"
+        if not marker.exists():
+            tmp = target.with_name(target.name + f".part-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.fs.get(self.path(key) + "/", str(tmp) + "/", recursive=True)
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        return target
+
+    def delete_prefix(self, key: str) -> None:
+        """Remove everything under `key`; missing is fine."""
+        path = self.path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)

@@ -1,0 +1,82 @@
+"""Image classification: decode once to uint8 tensors, normalise per batch, AutoModelForImageClassification."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+from app.tasks.common import Preprocessing, load_with_new_head
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def load_model(path: Path, labels: list[str], dropout: float | None) -> tuple[torch.nn.Module, set[str], list[str]]:
+    """The base model with a new head; returns (model, fresh param names, notes for the job's events)."""
+    overrides: dict[str, Any] = {}
+    notes: list[str] = []
+    if dropout is not None:
+        config = AutoConfig.from_pretrained(str(path))
+        if config.model_type == "timm_wrapper":
+            overrides["model_args"] = {**(getattr(config, "model_args", None) or {}), "drop_rate": dropout}
+        elif hasattr(config, "classifier_dropout"):
+            overrides["classifier_dropout"] = dropout
+        else:
+            notes.append(f"{config.model_type} has no classifier dropout; 'dropout' was ignored")
+    model, fresh = load_with_new_head(AutoModelForImageClassification, path, labels, **overrides)
+    return model, fresh, notes
+
+
+def load_processor(path: Path) -> Any:
+    return AutoImageProcessor.from_pretrained(str(path))
+
+
+def _processor_stats(processor: Any) -> tuple[int | None, list[float] | None, list[float] | None]:
+    """Image size, mean and std a processor uses (HF processors and the timm wrapper's differ)."""
+    data_config = getattr(processor, "data_config", None) or {}
+    mean = getattr(processor, "image_mean", None) or data_config.get("mean")
+    std = getattr(processor, "image_std", None) or data_config.get("std")
+    size = getattr(processor, "size", None)
+    side = None
+    if isinstance(size, dict):
+        side = size.get("height") or size.get("shortest_edge")
+    elif isinstance(size, int):
+        side = size
+    if side is None and data_config.get("input_size"):
+        side = data_config["input_size"][-1]
+    return side, (list(mean) if mean is not None else None), (list(std) if std is not None else None)
+
+
+def make_preprocessing(processor: Any, labels: list[str], hp: Any) -> Preprocessing:
+    side, mean, std = _processor_stats(processor)
+    prep = Preprocessing(
+        task="image_classification", labels=labels, image_size=hp.image_size or side or DEFAULT_IMAGE_SIZE
+    )
+    if mean and std:
+        prep.image_mean, prep.image_std = mean, std
+    return prep
+
+
+def decode(image: bytes | Image.Image, size: int) -> torch.Tensor:
+    """One image as a 3xHxW uint8 tensor at `size` pixels square."""
+    img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+    img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def encode(processor: Any, images: list[bytes], prep: Preprocessing) -> torch.Tensor:
+    """All images decoded once into an N x 3 x H x W uint8 tensor (a quarter of float32's memory)."""
+    assert prep.image_size is not None
+    return torch.stack([decode(b, prep.image_size) for b in images]) if images else torch.empty(0, 3, 1, 1)
+
+
+def collate(prep: Preprocessing, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Normalise a uint8 batch to the model's float input."""
+    mean = torch.tensor(prep.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.image_std).view(1, 3, 1, 1)
+    return {"pixel_values": (pixels.float() / 255.0 - mean) / std}

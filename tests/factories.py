@@ -1,0 +1,100 @@
+"""Plain functions that build tiny models and datasets for tests (random weights, built from configs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WORDS = {
+    "positive": ["good", "great", "fine", "love", "nice", "happy", "superb", "fun"],
+    "negative": ["bad", "awful", "poor", "hate", "sad", "boring", "dull", "worst"],
+}
+FILLER = ["the", "movie", "was", "a", "plot", "film", "and", "it", "very", "really"]
+
+
+def build_tiny_text_model(folder: Path) -> Path:
+    """A 2-layer BERT with hidden size 32 and a word-level vocab, saved in Hugging Face format."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *sum(WORDS.values(), [])]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def build_tiny_image_model(folder: Path) -> Path:
+    """A 2-layer ViT on 32 px images with hidden size 32, saved in Hugging Face format."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=2,
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(str(folder))
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(folder))
+    return folder
+
+
+def text_rows(per_class: int = 30, seed: int = 0) -> list[dict]:
+    """Sentences whose sentiment word gives away the label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, words in WORDS.items():
+        for _ in range(per_class):
+            tokens = list(rng.choice(FILLER, 4)) + [str(rng.choice(words))]
+            rng.shuffle(tokens)
+            rows.append({"text": " ".join(tokens), "label": label})
+    return rows
+
+
+def text_csv(rows: list[dict] | None = None, columns: tuple[str, str] = ("text", "label")) -> bytes:
+    rows = rows if rows is not None else text_rows()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row["text"], row["label"]])
+    return out.getvalue().encode()
+
+
+def text_jsonl(rows: list[dict] | None = None) -> bytes:
+    rows = rows if rows is not None else text_rows()
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def image_bytes(color: tuple[int, int, int], seed: int, fmt: str = "PNG") -> bytes:
+    """A noisy square of one colour."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color) + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image_zip(per_class: int = 20, extra: dict[str, bytes] | None = None) -> bytes:
+    """A zip of class folders (red/, blue/) of small PNGs, plus any `extra` entries."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for c, (name, color) in enumerate(COLORS.items()):
+            for i in range(per_class):
+                zf.writestr(f"{name}/{i:03d}.png", image_bytes(color, seed=c * 1000 + i))
+        for entry, data in (extra or {}).items():
+            zf.writestr(entry, data)
+    return buf.getvalue()

@@ -1,0 +1,59 @@
+"""The dataset as tensors: preprocessed once per job, then batched in a seeded order per epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.tasks.common import Preprocessing
+from app.tasks.registry import TaskSpec
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitData:
+    """One split: encoded inputs (token id lists or a uint8 image tensor) and label indices."""
+
+    encoded: Any
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def prepare_splits(records: list[dict], spec: TaskSpec, processor: Any, prep: Preprocessing) -> dict[str, SplitData]:
+    """Decode or tokenize every record exactly once."""
+    label_index = {label: i for i, label in enumerate(prep.labels)}
+    splits = {}
+    for split in SPLITS:
+        rows = [r for r in records if r["split"] == split]
+        encoded = spec.encode(processor, [spec.record_input(r) for r in rows], prep)
+        labels = torch.tensor([label_index[r["label"]] for r in rows], dtype=torch.long)
+        splits[split] = SplitData(encoded, labels)
+    return splits
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch `epoch`: a function of (seed, epoch) alone, so a resume can replay it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def batches(
+    data: SplitData,
+    spec: TaskSpec,
+    processor: Any,
+    prep: Preprocessing,
+    batch_size: int,
+    order: torch.Tensor | None = None,
+    start: int = 0,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(model inputs, labels) for each batch, in `order` (default: as stored), from batch number `start`."""
+    indices = order if order is not None else torch.arange(len(data))
+    for begin in range(start * batch_size, len(data), batch_size):
+        idx = indices[begin : begin + batch_size].tolist()
+        yield spec.collate(processor, prep, spec.select(data.encoded, idx)), data.labels[idx]

@@ -1,0 +1,166 @@
+"""The training loop, top to bottom: fit() calls train_step() and, when due, evaluate() and a checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from app.jobs.schemas import Hyperparameters
+from app.tasks.common import Preprocessing
+from app.tasks.registry import TaskSpec
+from worker.training.data import SplitData, batches, epoch_order
+from worker.training.evaluation import summary_metrics
+from worker.training.state import FitState
+
+MINIMIZED = {"val_loss"}
+
+
+class JobCancelled(Exception):
+    """The user cancelled the job; raised at a step boundary."""
+
+
+class RunHooks(Protocol):
+    """What the loop reports to the outside world (the database and the artifact store)."""
+
+    def log_step(self, step: int, epoch: float, loss: float, lr: float, samples_per_s: float) -> None: ...
+    def log_eval(self, step: int, epoch: float, values: dict[str, float]) -> None: ...
+    def should_stop(self) -> bool: ...
+    def save_checkpoint(self, run: Run, metric_name: str, value: float, is_best: bool) -> None: ...
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; `state` is what changes."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    spec: TaskSpec
+    processor: Any
+    prep: Preprocessing
+    hp: Hyperparameters
+    splits: dict[str, SplitData]
+    device: torch.device
+    steps_per_epoch: int
+    total_steps: int
+    state: FitState = field(default_factory=FitState)
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def fit(run: Run, hooks: RunHooks) -> FitState:
+    """Train until the epochs or max_steps are done, early stopping fires, or the user cancels."""
+    s, hp = run.state, run.hp
+    run.model.train()
+    while s.epoch < hp.epochs and s.step < run.total_steps and not s.stopped_early:
+        order = epoch_order(len(run.splits["train"]), hp.seed, s.epoch)
+        for inputs, labels in batches(
+            run.splits["train"], run.spec, run.processor, run.prep, hp.batch_size, order, start=s.batch_in_epoch
+        ):
+            started = time.perf_counter()
+            loss = train_step(run, inputs, labels)
+            s.step += 1
+            s.batch_in_epoch += 1
+            if s.batch_in_epoch == run.steps_per_epoch:
+                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+            rate = len(labels) / max(time.perf_counter() - started, 1e-9)
+            hooks.log_step(s.step, epoch_progress(run), loss, run.scheduler.get_last_lr()[0], rate)
+            if evaluation_due(run):
+                evaluate_and_checkpoint(run, hooks)
+            if hooks.should_stop():
+                raise JobCancelled
+            if s.stopped_early or s.step >= run.total_steps:
+                break
+    return s
+
+
+def train_step(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    """One optimizer step on one batch; returns the batch's mean loss."""
+    run.optimizer.zero_grad(set_to_none=True)
+    inputs, labels = to_device(inputs, run.device), labels.to(run.device, non_blocking=True)
+    with autocast(run.device):
+        logits = run.model(**inputs).logits
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    if run.hp.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.trainable, run.hp.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(run: Run, split: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean loss, true labels and predictions on `split`, in eval mode."""
+    run.model.eval()
+    total_loss, seen, predictions = 0.0, 0, []
+    try:
+        data = run.splits[split]
+        for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.hp.batch_size, 64)):
+            labels = labels.to(run.device)
+            with autocast(run.device):
+                logits = run.model(**to_device(inputs, run.device)).logits.float()
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            seen += len(labels)
+            predictions.append(logits.argmax(dim=-1).cpu())
+    finally:
+        run.model.train()
+    predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
+    return total_loss / max(seen, 1), run.splits[split].labels.numpy(), predicted
+
+
+def evaluate_and_checkpoint(run: Run, hooks: RunHooks) -> None:
+    """Validation metrics, early-stopping bookkeeping, then a checkpoint holding that state."""
+    s, es = run.state, run.hp.early_stopping
+    split = "val" if len(run.splits["val"]) else "train"
+    loss, labels, predicted = evaluate(run, split)
+    scores = summary_metrics(labels, predicted, len(run.prep.labels))
+    values = {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+    hooks.log_eval(s.step, epoch_progress(run), values)
+    metric = es.metric if es else "val_loss"
+    improved = is_improvement(values[metric], s.best_value, metric, es.min_delta if es else 0.0)
+    if improved:
+        s.best_value, s.best_step, s.evals_without_improvement = values[metric], s.step, 0
+    else:
+        s.evals_without_improvement += 1
+    if es and s.evals_without_improvement >= es.patience and s.step < run.total_steps:
+        s.stopped_early = True
+    hooks.save_checkpoint(run, metric, values[metric], improved)
+
+
+def evaluation_due(run: Run) -> bool:
+    s, every = run.state, run.hp.eval_every_steps
+    if s.step >= run.total_steps:
+        return True
+    if every:
+        return s.step % every == 0
+    return s.batch_in_epoch == 0
+
+
+def is_improvement(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if metric in MINIMIZED else value > best + min_delta
+
+
+def epoch_progress(run: Run) -> float:
+    return run.state.epoch + run.state.batch_in_epoch / run.steps_per_epoch
+
+
+def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return inputs
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on GPUs; a no-op on CPU, where fp32 is both exact and fast enough."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

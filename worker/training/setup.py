@@ -1,0 +1,74 @@
+"""Building a run from a spec: model with a new head, freezing, optimizer, schedule, data."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from app.jobs.schemas import Hyperparameters
+from app.tasks.common import head_parameter_names
+from app.tasks.registry import task_spec
+from worker.training.data import prepare_splits
+from worker.training.loop import Run
+
+NO_DECAY = ("bias", "norm", "ln", "layernorm")
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_run(
+    task: str, base_path: Path, labels: list[str], records: list[dict], hp: Hyperparameters, device: torch.device
+) -> tuple[Run, list[str]]:
+    """A ready-to-train Run and notes worth an event (ignored options and the like)."""
+    seed_everything(hp.seed)
+    spec = task_spec(task)
+    processor = spec.load_processor(base_path)
+    prep = spec.make_preprocessing(processor, labels, hp)
+    splits = prepare_splits(records, spec, processor, prep)
+    model, fresh, notes = spec.load_model(base_path, labels, hp.dropout)
+    model.to(device)
+    if hp.freeze == "backbone":
+        freeze_backbone(model, head_parameter_names(model, fresh))
+    optimizer = make_optimizer(model, hp, device)
+    steps_per_epoch = math.ceil(len(splits["train"]) / hp.batch_size)
+    total = steps_per_epoch * hp.epochs
+    total = min(total, hp.max_steps) if hp.max_steps else total
+    scheduler = get_scheduler(
+        SCHEDULERS[hp.lr_scheduler],
+        optimizer,
+        num_warmup_steps=int(hp.warmup_ratio * total),
+        num_training_steps=total,
+    )
+    run = Run(model, optimizer, scheduler, spec, processor, prep, hp, splits, device, steps_per_epoch, total)
+    return run, notes
+
+
+def freeze_backbone(model: torch.nn.Module, head: set[str]) -> None:
+    """Train only the classification head."""
+    if not head:
+        raise ValueError("could not find this model's classification head to leave trainable; use freeze='none'")
+    for name, param in model.named_parameters():
+        param.requires_grad = name in head
+
+
+def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused: faster on CPU and GPU) or SGD; no weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or any(k in name.lower() for k in NO_DECAY) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=hp.momentum)
+    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)

@@ -93,14 +93,15 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     url = f"http://127.0.0.1:{port}"
     logs = var_dir / "logs"
     logs.mkdir()
+    api_log, worker_log = open(logs / "api.log", "wb"), open(logs / "worker.log", "wb")  # noqa: SIM115
     api = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=open(logs / "api.log", "wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
          "--loglevel", "INFO", "-n", "test@%h"],
-        env=env, cwd=ROOT, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         _wait_ready(url, api)
@@ -113,6 +114,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        api_log.close()
+        worker_log.close()
         for name in ("api.log", "worker.log"):
             tail = (logs / name).read_text(errors="replace")[-3000:]
             print(f"\n----- {name} (tail) -----\n{tail}")

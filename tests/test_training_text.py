@@ -22,7 +22,9 @@ def text_job(service, key):
             data={"task": "text_classification", "name": "reviews"},
         )
         assert dataset.status_code == 201, dataset.text
-        job = client.post("/jobs", json={"dataset_id": dataset.json()["id"], "base_model": "tiny-bert", "hyperparameters": HP})
+        job = client.post(
+            "/jobs", json={"dataset_id": dataset.json()["id"], "base_model": "tiny-bert", "hyperparameters": HP}
+        )
         assert job.status_code == 201, job.text
         assert job.json()["status"] == "queued"
         return wait_for_job(client, job.json()["id"]), dataset.json()

@@ -62,7 +62,7 @@ def resolve_model(session: Session, team_id: str, ref: str | None) -> Registered
     model = session.scalar(select(RegisteredModel).where(RegisteredModel.id == ref, RegisteredModel.team_id == team_id))
     if model is None:
         hint = (
-            f"No alias '{DEFAULT_ALIAS}' is set: point it at a model with PUT /aliases/{DEFAULT_ALIAS}, or pass 'model'."
+            f"No alias '{DEFAULT_ALIAS}' is set: point it at a model (PUT /aliases/{DEFAULT_ALIAS}) or pass 'model'."
             if ref == DEFAULT_ALIAS
             else "Pass a model id from GET /models or an alias from GET /aliases."
         )

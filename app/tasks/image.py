@@ -43,10 +43,12 @@ def _processor_stats(processor: Any) -> tuple[int | None, list[float] | None, li
     std = getattr(processor, "image_std", None) or data_config.get("std")
     size = getattr(processor, "size", None)
     side = None
-    if isinstance(size, dict):
-        side = size.get("height") or size.get("shortest_edge")
-    elif isinstance(size, int):
+    if isinstance(size, int):
         side = size
+    elif size is not None:
+        # a dict in transformers 4, a SizeDict (attributes) in 5
+        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+        side = get("height") or get("shortest_edge")
     if side is None and data_config.get("input_size"):
         side = data_config["input_size"][-1]
     return side, (list(mean) if mean is not None else None), (list(std) if std is not None else None)

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under var_dir")
     broker_url: str | None = Field(None, description="Celery broker; default: SQLAlchemy transport on SQLite")
     artifacts_url: str | None = Field(None, description="Artifact store: a folder or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials: AWS_*")
     models_dir: Path | None = Field(None, description="Folder of Hugging Face format base models")
     model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.db = Database(settings.database_url)
-        app.state.store = ArtifactStore(settings.artifacts_url, cache_dir=settings.var_dir / "cache")
+        app.state.store = ArtifactStore.from_settings(settings)
         app.state.celery = make_celery(settings)
         app.state.model_cache = ModelCache(settings.model_cache_size)
         yield

@@ -9,17 +9,29 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from app.config import Settings
+
 
 class ArtifactStore:
     """Keys like `datasets/<id>/data.jsonl` under one root URL (a folder, or `s3://bucket/prefix`)."""
 
-    def __init__(self, root_url: str, cache_dir: Path | None = None) -> None:
-        self.fs, root = fsspec.core.url_to_fs(root_url)
+    def __init__(self, root_url: str, cache_dir: Path | None = None, **storage_options: object) -> None:
+        self.fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.cache_dir = cache_dir
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArtifactStore:
+        """The store the settings name; S3 listings are not cached, since other processes write there too."""
+        options: dict[str, object] = {}
+        if settings.artifacts_url.startswith("s3://"):
+            options["use_listings_cache"] = False
+            if settings.s3_endpoint_url:
+                options["endpoint_url"] = settings.s3_endpoint_url
+        return cls(settings.artifacts_url, cache_dir=settings.var_dir / "cache", **options)
 
     def path(self, key: str) -> str:
         """The store path of `key`."""
@@ -60,15 +72,19 @@ class ArtifactStore:
         if self.cache_dir is None:
             raise RuntimeError("a remote artifact store needs a cache_dir to materialise folders")
         target = self.cache_dir / key
-        marker = target / ".complete"
-        if not marker.exists():
-            tmp = target.with_name(target.name + f".part-{os.getpid()}")
+        if not (target / ".complete").exists():
+            tmp = target.with_name(f"{target.name}.part-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             self.fs.get(self.path(key) + "/", str(tmp) + "/", recursive=True)
             (tmp / ".complete").touch()
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                # another process cached the same (immutable) key first
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (target / ".complete").exists():
+                    raise
         return target
 
     def delete_prefix(self, key: str) -> None:

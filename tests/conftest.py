@@ -14,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.config import Settings
+from app.storage import ArtifactStore
 from tests.factories import build_tiny_image_model, build_tiny_text_model
+from tests.stacks import Stack, make_stack, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -26,6 +29,20 @@ class Service:
     env: dict[str, str]
     var_dir: Path
     models_dir: Path
+    stack: Stack
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**{k[len("FINETUNE_") :].lower(): v for k, v in self.env.items() if k.startswith("FINETUNE_")})
+
+    def store(self) -> ArtifactStore:
+        """The artifact store the service writes to, seen from the test process."""
+        return ArtifactStore.from_settings(self.settings)
+
+    def stored_keys(self, prefix: str) -> set[str]:
+        store = self.store()
+        root = store.path(prefix)
+        return {p for p in store.fs.find(root)} if store.fs.exists(root) else set()
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -59,22 +76,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError("the API did not become ready")
 
 
-def stack_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
-    """Environment for the embedded default stack under `var_dir` (overridable for other stacks)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update(
-        FINETUNE_ENV="test",
-        FINETUNE_VAR_DIR=str(var_dir),
-        FINETUNE_MODELS_DIR=str(models_dir),
-        FINETUNE_WORKER_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("base-models")
@@ -84,10 +85,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
-    """API (uvicorn) and one worker (celery, solo pool) as real processes on the embedded default."""
+def stack() -> Iterator[Stack]:
+    """The stack this run tests (FINETUNE_TEST_STACK: embedded by default, or production)."""
+    with make_stack() as s:
+        # The test process reads the same store as the service (S3 credentials come from AWS_* variables).
+        os.environ.update({k: v for k, v in s.env.items() if k.startswith("AWS_")})
+        yield s
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, stack: Stack) -> Iterator[Service]:
+    """API (uvicorn) and one worker (celery, solo pool) as real processes on the stack under test."""
     var_dir = tmp_path_factory.mktemp("var")
-    env = stack_env(var_dir, models_dir)
+    env = process_env(var_dir, models_dir, stack)
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -105,7 +115,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     )  # fmt: skip
     try:
         _wait_ready(url, api)
-        yield Service(url=url, env=env, var_dir=var_dir, models_dir=models_dir)
+        yield Service(url=url, env=env, var_dir=var_dir, models_dir=models_dir, stack=stack)
     finally:
         for proc in (api, worker):
             proc.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.conftest import wait_for_job
 from tests.factories import text_csv
@@ -71,11 +72,10 @@ def test_requests_without_a_valid_key_are_401(service, headers):
 
 
 def test_keys_are_stored_hashed(service, key):
-    import sqlite3
-
-    conn = sqlite3.connect(service.var_dir / "finetune.db")
-    stored = [row[0] for row in conn.execute("SELECT key_hash FROM api_key")]
-    conn.close()
+    engine = create_engine(service.settings.database_url)
+    with engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(text("SELECT key_hash FROM api_key"))]
+    engine.dispose()
     assert key not in stored
     assert all(len(h) == 64 for h in stored)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -55,7 +54,7 @@ def test_image_job_succeeds_evaluating_every_n_steps(client, image_job):
 
 def test_frozen_backbone_left_the_backbone_unchanged(service, client, image_job, models_dir):
     job, _ = image_job
-    folder = Path(service.var_dir) / "artifacts" / "models" / job["model_id"]
+    folder = service.store().local_dir(f"models/{job['model_id']}")
     tuned = AutoModelForImageClassification.from_pretrained(folder)
     base = AutoModelForImageClassification.from_pretrained(models_dir / "tiny-vit")
     base_params = dict(base.named_parameters())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -96,7 +94,7 @@ def test_model_registered_and_loadable_with_plain_transformers(service, client, 
     assert model["task"] == "text_classification"
     assert model["labels"] == ["negative", "positive"]
     assert model["metrics"]["test_accuracy"] == client.get(f"/jobs/{job['id']}/report").json()["accuracy"]
-    folder = Path(service.var_dir) / "artifacts" / "models" / model["id"]
+    folder = service.store().local_dir(f"models/{model['id']}")
     hf = AutoModelForSequenceClassification.from_pretrained(folder)
     assert hf.config.id2label == {0: "negative", 1: "positive"}
     assert AutoTokenizer.from_pretrained(folder)("good film")["input_ids"]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from tests.factories import COLORS, image_bytes, image_zip, text_csv, text_jsonl, text_rows
 
 
-def _stored_files(service) -> set[Path]:
-    root = Path(service.var_dir) / "artifacts" / "datasets"
-    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+def _stored_files(service) -> set[str]:
+    return service.stored_keys("datasets")
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:
@@ -109,13 +107,14 @@ def test_split_folders_zip_and_warnings(client):
 def test_dataset_list_get_delete(service, client):
     created = client.post("/datasets", files={"file": ("d.jsonl", text_jsonl())}, data={"task": "text_classification"})
     dataset_id = created.json()["id"]
-    folder = Path(service.var_dir) / "artifacts" / "datasets" / dataset_id
-    assert (folder / "records.jsonl").is_file()
+    store = service.store()
+    assert store.exists(f"datasets/{dataset_id}/records.jsonl")
     assert client.get(f"/datasets/{dataset_id}").json()["num_examples"] == 60
     assert dataset_id in [d["id"] for d in client.get("/datasets", params={"limit": 200}).json()["items"]]
     assert client.delete(f"/datasets/{dataset_id}").status_code == 204
     assert client.get(f"/datasets/{dataset_id}").status_code == 404
-    assert not folder.exists()
+    assert not store.exists(f"datasets/{dataset_id}/records.jsonl")
+    assert service.stored_keys(f"datasets/{dataset_id}") == set()
 
 
 def test_upload_without_task_or_file_is_422(client):

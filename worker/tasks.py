@@ -21,7 +21,7 @@ def _resources() -> tuple[Database, ArtifactStore]:
     settings = get_settings()
     if settings.worker_threads:
         torch.set_num_threads(settings.worker_threads)
-    return Database(settings.database_url), ArtifactStore(settings.artifacts_url, cache_dir=settings.var_dir / "cache")
+    return Database(settings.database_url), ArtifactStore.from_settings(settings)
 
 
 @celery_app.task(name=TRAIN_TASK, acks_late=True)

@@ -15,8 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev,prod]'
 	touch $@
 
+# The whole suite twice: on the embedded default, then on PostgreSQL + Redis + S3 (moto) when they answer.
+# In CI (CI=true) the production suite is never skipped.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not production"
+	@if $(PY) -m tests.stacks; then \
+		echo "== production suite: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, S3 (moto) =="; \
+		FINETUNE_TEST_STACK=production $(PY) -m pytest; \
+	elif [ "$${CI:-}" = "true" ]; then \
+		echo "CI: PostgreSQL or Redis is not reachable; the production suite must run in CI" >&2; exit 1; \
+	else \
+		echo "SKIPPED the production suite: PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) not reachable"; \
+	fi
 
 run: install
 	$(PY) -m app.cli up

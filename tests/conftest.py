@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,42 +94,46 @@ def stack() -> Iterator[Stack]:
         yield s
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, stack: Stack) -> Iterator[Service]:
-    """API (uvicorn) and one worker (celery, solo pool) as real processes on the stack under test."""
-    var_dir = tmp_path_factory.mktemp("var")
+@contextmanager
+def running_service(var_dir: Path, models_dir: Path, stack: Stack, workers: int = 1) -> Iterator[Service]:
+    """Migrate, then run the API (uvicorn) and `workers` Celery workers (solo pool) as real processes."""
     env = process_env(var_dir, models_dir, stack)
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     logs = var_dir / "logs"
-    logs.mkdir()
-    api_log, worker_log = open(logs / "api.log", "wb"), open(logs / "worker.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
-         "--loglevel", "INFO", "-n", "test@%h"],
-        env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    logs.mkdir(exist_ok=True)
+    commands = {"api": [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]}
+    for n in range(workers):
+        commands[f"worker{n}"] = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
+            "--loglevel", "INFO", "-n", f"worker{n}@%h",
+        ]  # fmt: skip
+    processes = {}
+    for name, command in commands.items():
+        with open(logs / f"{name}.log", "wb") as log:
+            processes[name] = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(url, api)
+        _wait_ready(url, processes["api"])
         yield Service(url=url, env=env, var_dir=var_dir, models_dir=models_dir, stack=stack)
     finally:
-        for proc in (api, worker):
+        for proc in processes.values():
             proc.terminate()
-        for proc in (api, worker):
+        for proc in processes.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        api_log.close()
-        worker_log.close()
-        for name in ("api.log", "worker.log"):
-            tail = (logs / name).read_text(errors="replace")[-3000:]
-            print(f"\n----- {name} (tail) -----\n{tail}")
+        for name in processes:
+            tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+            print(f"\n----- {name}.log (tail) -----\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, stack: Stack) -> Iterator[Service]:
+    """The service on the stack under test, with one worker."""
+    with running_service(tmp_path_factory.mktemp("var"), models_dir, stack) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

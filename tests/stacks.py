@@ -83,12 +83,12 @@ def s3_server() -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def production_stack() -> Iterator[Stack]:
-    """PostgreSQL (fresh database), Redis (db 15, flushed) and moto S3."""
-    flush_redis(REDIS_URL)
+def production_stack(redis_url: str = REDIS_URL) -> Iterator[Stack]:
+    """PostgreSQL (a fresh database), Redis (one flushed database number) and moto S3."""
+    flush_redis(redis_url)
     with postgres_database() as database_url, s3_server() as s3_env:
-        yield Stack("production", {"FINETUNE_DATABASE_URL": database_url, "FINETUNE_BROKER_URL": REDIS_URL, **s3_env})
-    flush_redis(REDIS_URL)
+        yield Stack("production", {"FINETUNE_DATABASE_URL": database_url, "FINETUNE_BROKER_URL": redis_url, **s3_env})
+    flush_redis(redis_url)
 
 
 @contextmanager
@@ -117,3 +117,8 @@ def process_env(var_dir: Path, models_dir: Path, stack: Stack) -> dict[str, str]
     )
     env.update(stack.env)
     return env
+
+
+if __name__ == "__main__":
+    # `python -m tests.stacks`: exit 0 when PostgreSQL and Redis answer on loopback (the Makefile asks).
+    raise SystemExit(0 if production_services_up() else 1)

@@ -1,7 +1,10 @@
-"""The Alembic migrations: up to head and back to base, and no drift from the models' metadata."""
+"""The Alembic migrations: up to head and back to base, and no drift from the models' metadata, on both databases."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -9,18 +12,31 @@ from sqlalchemy import create_engine, inspect
 import app.all_models  # noqa: F401
 from app.db import Base
 from app.migrate import downgrade, upgrade
+from tests.stacks import postgres_database
 
 
-def test_upgrade_downgrade_and_no_drift_on_sqlite(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url)
-    engine = create_engine(url)
-    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.production)])
+def database_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+def _tables(engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_upgrade_downgrade_and_no_drift(database_url):
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    assert set(Base.metadata.tables) <= _tables(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
-    downgrade(url)
-    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-    upgrade(url)
-    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    downgrade(database_url)
+    assert _tables(engine) <= {"alembic_version"}
+    upgrade(database_url)
+    assert set(Base.metadata.tables) <= _tables(engine)
     engine.dispose()

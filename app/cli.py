@@ -67,8 +67,7 @@ def worker() -> None:
 
 @cli.command()
 def api(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API in the foreground."""
-    _prepare()
+    """Run the API in the foreground (run `finetune migrate` first; `finetune up` does both)."""
     os.execv(sys.executable, api_command(host, port))
 
 

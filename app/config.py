@@ -24,7 +24,13 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
-    task_always_eager: bool = False
+    lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
+    heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")
+    max_restarts: int = Field(3, ge=0, description="lost-worker restarts before a job fails")
+    requeue_after_seconds: float = Field(
+        600, gt=0, description="re-send a queued job's message this long after the last send (lost broker messages)"
+    )
+    reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
@@ -40,6 +46,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
         if self.artifacts_url is None:
             self.artifacts_url = str(self.var_dir / "artifacts")
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("FINETUNE_LEASE_SECONDS must be at least twice FINETUNE_HEARTBEAT_SECONDS")
         if self.models_dir is None:
             self.models_dir = self.var_dir / "base-models"
         return self

@@ -24,7 +24,6 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        task_always_eager=settings.task_always_eager,
     )
     if not (settings.broker_url or "").startswith("sqla+"):
         # kombu passes transport options to create_engine() for the SQLAlchemy transport, which rejects them.

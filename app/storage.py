@@ -59,11 +59,23 @@ class ArtifactStore:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
-    def put_dir(self, local_dir: Path, key: str) -> None:
-        """Copy a local folder to `key` (a prefix)."""
-        for file in sorted(Path(local_dir).rglob("*")):
-            if file.is_file():
-                self.put_bytes(f"{key}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
+    def put_dir(self, local_dir: Path, key: str, last: str | None = None) -> None:
+        """Copy a local folder to `key`. Local: into a staging folder, then one rename; S3: file `last` goes last."""
+        files = sorted((p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        if self.is_local:
+            target = Path(self.path(key))
+            staging = target.with_name(f"{target.name}.staging-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(local_dir, staging)
+            for file in staging.rglob("*"):
+                if file.is_file():
+                    with open(file, "rb") as f:
+                        os.fsync(f.fileno())
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(staging, target)
+            return
+        for file in files:
+            self.put_bytes(f"{key}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
 
     def local_dir(self, key: str) -> Path:
         """A local folder holding the files under `key`: the folder itself when local, else a cached copy."""

@@ -1,14 +1,13 @@
-"""One job, start to finish: claim, prepare, fit, test the best checkpoint, register the model."""
+"""One job, start to finish: claim, prepare, resume or start, fit, test the best checkpoint, register the model."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,82 +24,13 @@ from app.jobs.schemas import Hyperparameters
 from app.models.resolve import resolve_base_model
 from app.models.service import register_model
 from app.storage import ArtifactStore
-from worker.training.checkpoint import load_weights, save_checkpoint
+from worker.db_retry import retrying
+from worker.hooks import DbHooks, HandedBack, Heartbeat
+from worker.training.checkpoint import load_checkpoint, load_weights
 from worker.training.evaluation import classification_summary
 from worker.training.loop import JobCancelled, Run, evaluate, fit
 
 log = logging.getLogger(__name__)
-FLUSH_EVERY_S = 1.0
-
-
-class DbHooks:
-    """The loop's reports, written to the database in batches and fenced by the attempt."""
-
-    def __init__(self, db: Database, store: ArtifactStore, job_id: str, attempt: int, workdir: Path) -> None:
-        self.db, self.store, self.job_id, self.attempt, self.workdir = db, store, job_id, attempt, workdir
-        self.pending: list[dict] = []
-        self.last_flush = time.monotonic()
-        self.cancel_requested = False
-        self.progress: dict = {}
-
-    def log_step(self, step: int, epoch: float, loss: float, lr: float, samples_per_s: float) -> None:
-        for name, value in (("train_loss", loss), ("learning_rate", lr), ("samples_per_s", samples_per_s)):
-            self.pending.append({"name": name, "step": step, "epoch": epoch, "value": value})
-        self.progress = {"step": step, "epoch": int(epoch)}
-        if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
-            self.flush()
-
-    def log_eval(self, step: int, epoch: float, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            self.pending.append({"name": name, "step": step, "epoch": epoch, "value": value})
-        self.flush()
-
-    def should_stop(self) -> bool:
-        return self.cancel_requested
-
-    def flush(self, **extra: object) -> None:
-        with self.db.session() as session:
-            self.cancel_requested = lifecycle.write_metrics(
-                session, self.job_id, self.attempt, self.pending, **self.progress, **extra
-            )
-        self.pending, self.last_flush = [], time.monotonic()
-
-    def event(self, kind: str, message: str) -> None:
-        with self.db.session() as session:
-            lifecycle.add_event(session, self.job_id, self.attempt, kind, message)
-
-    def save_checkpoint(self, run: Run, metric_name: str, value: float, is_best: bool) -> None:
-        s = run.state
-        name = f"step-{s.step:08d}"
-        key = f"jobs/{self.job_id}/checkpoints/{name}"
-        folder = save_checkpoint(self.workdir / "checkpoints" / name, run.model, run.optimizer, run.scheduler, s)
-        if not self.store.is_local or Path(self.store.path(key)) != folder:
-            self.store.put_dir(folder, key)
-        if is_best:
-            s.best_checkpoint = key
-        self.flush(best_metric_name=metric_name, best_metric=s.best_value)
-        with self.db.session() as session:
-            stale = lifecycle.record_checkpoint(
-                session,
-                self.job_id,
-                self.attempt,
-                step=s.step,
-                epoch=s.epoch,
-                key=key,
-                metric=metric_name,
-                value=value,
-                best=is_best,
-            )
-            lifecycle.add_event(
-                session,
-                self.job_id,
-                self.attempt,
-                "checkpoint",
-                f"checkpoint at step {s.step} ({metric_name}={value:.4f})",
-            )
-        for stale_key in stale:
-            self.store.delete_prefix(stale_key)
-            shutil.rmtree(self.workdir / "checkpoints" / stale_key.rsplit("/", 1)[-1], ignore_errors=True)
 
 
 def worker_name() -> str:
@@ -111,28 +41,42 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def run_job(job_id: str, settings: Settings, db: Database, store: ArtifactStore) -> None:
+def run_job(
+    job_id: str, settings: Settings, db: Database, store: ArtifactStore, enqueue: Callable[[str], None]
+) -> None:
     """Run `job_id` if this worker can claim it; every outcome ends in the job row."""
-    with db.session() as session:
-        attempt = lifecycle.claim_job(session, job_id, worker_name())
+
+    def claim() -> int | None:
+        with db.session() as session:
+            return lifecycle.claim_job(session, job_id, worker_name())
+
+    attempt = retrying(claim, what="claim")
     if attempt is None:
         log.info("job %s is not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return
     workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_root(settings)))
-    hooks = DbHooks(db, store, job_id, attempt, workdir)
+    heartbeat = Heartbeat(db, job_id, attempt, settings.heartbeat_seconds)
+    heartbeat.start()
+    hooks = DbHooks(db, store, job_id, attempt, workdir, heartbeat)
     try:
         _train(job_id, attempt, settings, db, store, hooks)
     except JobCancelled:
         hooks.flush()
         _finish(db, job_id, attempt, JobStatus.cancelled, "cancelled", "cancelled at a step boundary")
+    except HandedBack:
+        retrying(lambda: _hand_back(db, job_id, attempt), what="hand-back")
+        enqueue(job_id)
     except LostLease:
         log.warning("job %s: attempt %s lost its lease; stopping without writing", job_id, attempt)
     except Exception as exc:  # noqa: BLE001  (every failure must end in the job row)
         log.exception("job %s failed", job_id)
         reason = exc.detail if isinstance(exc, AppError) else f"{exc.__class__.__name__}: {exc}"
-        with contextlib.suppress(LostLease):
+        try:
             _finish(db, job_id, attempt, JobStatus.failed, "failed", reason, error=reason)
+        except LostLease:
+            pass
     finally:
+        heartbeat.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -157,42 +101,73 @@ def _train(job_id: str, attempt: int, settings: Settings, db: Database, store: A
     for note in notes:
         hooks.event("note", note)
     hooks.progress = {"total_steps": run.total_steps}
+    resume_from_checkpoint(run, db, store, hooks)
     hooks.flush()
     state = fit(run, hooks)
     hooks.flush()
     if state.stopped_early:
         hooks.event(
-            "early_stopped", f"early stopping at step {state.step}: no improvement in {hp.early_stopping.metric}"
+            "early_stopped", f"early stopping at step {state.step}: {hp.early_stopping.metric} stopped improving"
         )
-    report = _test_best(run, hooks)
+    report = _test_best(run, store)
     model_id = _export_model(run, store, hooks.workdir)
     metrics = {
         "test_accuracy": report["accuracy"],
         "test_macro_f1": report["macro_avg"]["f1"],
         "best_step": state.best_step,
     }
-    with db.session() as session:
-        register_model(
-            session,
-            model_id=model_id,
-            team_id=team_id,
-            job_id=job_id,
-            name=f"{Path(base_model).name} on {dataset_name}",
-            task=task,
-            base_model=base_model,
-            labels=labels,
-            metrics=metrics,
-            storage_key=f"models/{model_id}",
-        )
-        lifecycle.finish_job(session, job_id, attempt, JobStatus.succeeded, report=report, model_id=model_id)
-        lifecycle.add_event(session, job_id, attempt, "succeeded", f"registered model {model_id}")
+
+    def register() -> None:
+        with db.session() as session:
+            lifecycle.finish_job(session, job_id, attempt, JobStatus.succeeded, report=report, model_id=model_id)
+            register_model(
+                session, model_id=model_id, team_id=team_id, job_id=job_id, name=f"{Path(base_model).name} on {dataset_name}",
+                task=task, base_model=base_model, labels=labels, metrics=metrics, storage_key=f"models/{model_id}",
+            )  # fmt: skip
+            lifecycle.add_event_unfenced(session, job_id, attempt, "succeeded", f"registered model {model_id}")
+
+    retrying(register, what="model registration")
 
 
-def _test_best(run: Run, hooks: DbHooks) -> dict:
+def resume_from_checkpoint(run: Run, db: Database, store: ArtifactStore, hooks: DbHooks) -> None:
+    """Continue from the newest readable checkpoint, if an earlier attempt left one; older ones are fallbacks."""
+
+    def newest_first() -> list[tuple[str, str, int]]:
+        with db.session() as session:
+            rows = lifecycle.checkpoints_newest_first(session, hooks.job_id)
+            return [(c.id, c.storage_key, c.step) for c in rows]
+
+    for checkpoint_id, key, step in retrying(newest_first, what="checkpoint lookup"):
+        try:
+            run.state = load_checkpoint(store.local_dir(key), run.model, run.optimizer, run.scheduler)
+        except Exception as exc:  # noqa: BLE001  (missing or corrupt files: fall back to an older checkpoint)
+            hooks.event(
+                "checkpoint_unreadable", f"checkpoint at step {step} is unreadable ({exc}); trying an older one"
+            )
+
+            def forget(checkpoint_id: str = checkpoint_id) -> None:
+                with db.session() as session:
+                    lifecycle.drop_checkpoint(session, hooks.job_id, checkpoint_id)
+
+            retrying(forget, what="checkpoint cleanup")
+            continue
+
+        def rewind() -> None:
+            with db.session() as session:
+                lifecycle.rewind_to(session, hooks.job_id, hooks.attempt, run.state.step, run.state.epoch)
+                lifecycle.add_event(
+                    session, hooks.job_id, hooks.attempt, "resumed", f"resumed from step {run.state.step}"
+                )
+
+        retrying(rewind, what="resume")
+        hooks.progress.update(step=run.state.step, epoch=run.state.epoch)
+        return
+
+
+def _test_best(run: Run, store: ArtifactStore) -> dict:
     """Load the best checkpoint's weights and write the full report on the test split."""
-    best = run.state.best_checkpoint
-    if best:
-        load_weights(hooks.workdir / "checkpoints" / best.rsplit("/", 1)[-1], run.model)
+    if run.state.best_checkpoint:
+        load_weights(store.local_dir(run.state.best_checkpoint), run.model)
     split = "test" if len(run.splits["test"]) else "val"
     loss, labels, predicted = evaluate(run, split)
     report = classification_summary(labels, predicted, run.prep.labels, loss)
@@ -211,12 +186,20 @@ def _export_model(run: Run, store: ArtifactStore, workdir: Path) -> str:
     return model_id
 
 
+def _hand_back(db: Database, job_id: str, attempt: int) -> None:
+    with db.session() as session:
+        lifecycle.hand_back(session, job_id, attempt, "worker shutting down: checkpointed and handed back to the queue")
+
+
 def _finish(
     db: Database, job_id: str, attempt: int, status: JobStatus, kind: str, message: str, **values: object
 ) -> None:
-    with db.session() as session:
-        lifecycle.finish_job(session, job_id, attempt, status, **values)
-        lifecycle.add_event(session, job_id, attempt, kind, message)
+    def write() -> None:
+        with db.session() as session:
+            lifecycle.finish_job(session, job_id, attempt, status, **values)
+            lifecycle.add_event_unfenced(session, job_id, attempt, kind, message)
+
+    retrying(write, what=f"job {status}")
 
 
 def _work_root(settings: Settings) -> Path:

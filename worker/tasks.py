@@ -1,18 +1,25 @@
-"""Thin Celery tasks: a job id in, this process's own database session, the runner does the work."""
+"""Thin Celery tasks and worker signals: a job id in, this process's own database session, the runner works."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from functools import lru_cache
 
 import torch
+from celery.signals import worker_ready, worker_shutting_down
 
 import app.all_models  # noqa: F401  (every table known to this process)
 from app.config import get_settings
 from app.db import Database
-from app.queue import TRAIN_TASK
+from app.jobs.reaper import reap
+from app.queue import TRAIN_TASK, enqueue_training
 from app.storage import ArtifactStore
 from worker.celery_app import celery_app
+from worker.hooks import SHUTTING_DOWN
 from worker.runner import run_job
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -24,7 +31,42 @@ def _resources() -> tuple[Database, ArtifactStore]:
     return Database(settings.database_url), ArtifactStore.from_settings(settings)
 
 
+def _enqueue(job_id: str) -> None:
+    enqueue_training(celery_app, job_id)
+
+
 @celery_app.task(name=TRAIN_TASK, acks_late=True)
 def train(job_id: str) -> None:
     db, store = _resources()
-    run_job(job_id, get_settings(), db, store)
+    run_job(job_id, get_settings(), db, store, _enqueue)
+
+
+@worker_shutting_down.connect
+def _hand_jobs_back(**_: object) -> None:
+    """SIGTERM (a deploy): the running job checkpoints at its next step and goes back to the queue."""
+    SHUTTING_DOWN.set()
+
+
+def reap_once() -> None:
+    """Requeue jobs whose worker was lost, and re-send queued jobs whose message may have been lost."""
+    db, _ = _resources()
+    with db.session() as session:
+        reaped = reap(session, get_settings())
+    for job_id in reaped.to_enqueue:
+        _enqueue(job_id)
+    if reaped.to_enqueue or reaped.failed or reaped.cancelled:
+        log.info("reaper: re-sent %s, failed %s, cancelled %s", reaped.to_enqueue, reaped.failed, reaped.cancelled)
+
+
+def _reaper_loop() -> None:
+    interval = get_settings().reaper_interval_seconds
+    while not SHUTTING_DOWN.wait(interval):
+        try:
+            reap_once()
+        except Exception as exc:  # noqa: BLE001  (database or broker down: next round)
+            log.warning("reaper round failed: %s", exc)
+
+
+@worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    threading.Thread(target=_reaper_loop, name="reaper", daemon=True).start()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
+from app.errors import InvalidInput
+from app.inference.batcher import Batcher, PreparingCounter
 from app.tasks.common import Preprocessing
 from app.tasks.registry import TaskSpec, task_spec
 from app.tasks.types import TaskType
@@ -19,6 +21,8 @@ AUTO_CLASSES = {
     TaskType.text_classification: AutoModelForSequenceClassification,
     TaskType.image_classification: AutoModelForImageClassification,
 }
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_WAIT_MS = 5.0
 
 
 @dataclass
@@ -28,7 +32,22 @@ class LoadedModel:
     processor: Any
     prep: Preprocessing
     spec: TaskSpec
-    lock: threading.Lock
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher | None = None
+
+    def encode(self, inputs: list) -> Any:
+        """Inputs preprocessed once (token ids, or decoded uint8 images), ready to be merged with others'."""
+        try:
+            return self.spec.encode(self.processor, inputs, self.prep)
+        except Exception as exc:  # noqa: BLE001  (undecodable image and the like)
+            raise InvalidInput(f"Could not read the inputs: {exc}. Send JPEG/PNG images or UTF-8 text.") from exc
+
+    def forward(self, encoded: Any) -> torch.Tensor:
+        """Class probabilities for a batch of encoded inputs (texts pad to the batch's longest)."""
+        batch = self.spec.collate(self.processor, self.prep, encoded)
+        with self.lock, torch.inference_mode():
+            logits = self.model(**batch).logits
+        return logits.float().softmax(dim=-1)
 
 
 def load_served_model(model_id: str, folder: Path) -> LoadedModel:
@@ -37,14 +56,17 @@ def load_served_model(model_id: str, folder: Path) -> LoadedModel:
     task = TaskType(prep.task)
     spec = task_spec(task)
     model = AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval()
-    return LoadedModel(model_id, model, spec.load_processor(folder), prep, spec, threading.Lock())
+    return LoadedModel(model_id, model, spec.load_processor(folder), prep, spec)
 
 
 class ModelCache:
-    """At most `size` models in memory; loading happens outside the cache lock."""
+    """At most `size` models in memory, each with its batcher; loading happens outside the cache lock."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> None:
         self.size = size
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.preparing = PreparingCounter()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -61,9 +83,23 @@ class ModelCache:
                 if model_id in self._models:
                     return self._models[model_id]
             loaded = load_served_model(model_id, folder_for())
+            loaded.batcher = Batcher(
+                loaded.forward,
+                max_batch=self.max_batch,
+                max_wait_s=self.max_wait_s,
+                others_preparing=self.preparing.busy,
+                name=f"batcher-{model_id[:8]}",
+            )
             with self._lock:
                 self._models[model_id] = loaded
                 while len(self._models) > self.size:
-                    self._models.popitem(last=False)
+                    _, evicted = self._models.popitem(last=False)
+                    evicted.batcher.close()
                 self._loading.pop(model_id, None)
             return loaded
+
+    def close(self) -> None:
+        """Stop every batcher thread once its pending requests are served (app shutdown)."""
+        with self._lock:
+            for loaded in self._models.values():
+                loaded.batcher.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTeam, SessionDep, StoreDep
 from app.errors import InvalidInput
 from app.inference import service
+from app.inference.cache import ModelCache
 
 router = APIRouter(tags=["predict"])
 
@@ -62,12 +63,20 @@ async def _parse(request: Request) -> PredictRequest | tuple[PredictRequest, lis
     response_model=PredictResponse,
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}},
 )
-async def predict_endpoint(request: Request, team: CurrentTeam, session: SessionDep, store: StoreDep) -> dict:
-    parsed = await _parse(request)
-    body, files = parsed if isinstance(parsed, tuple) else (parsed, None)
-    images = files if files is not None else (_decode_base64(body.images) if body.images else None)
-    cache = request.app.state.model_cache
-    # The forward pass is CPU/GPU bound: keep it off the event loop.
-    return await run_in_threadpool(
-        service.predict, session, store, cache, team.id, body.model, body.texts, images, body.top_k
-    )
+async def predict_endpoint(
+    request: Request, response: Response, team: CurrentTeam, session: SessionDep, store: StoreDep
+) -> dict:
+    cache: ModelCache = request.app.state.model_cache
+    with cache.preparing:  # the batcher waits for company only while some request is still on its way
+        parsed = await _parse(request)
+        body, files = parsed if isinstance(parsed, tuple) else (parsed, None)
+        images = files if files is not None else (_decode_base64(body.images) if body.images else None)
+        # Database lookups, model loading and decoding block: a worker thread, released before the forward.
+        prepared = await run_in_threadpool(
+            service.prepare, session, store, cache, team.id, body.model, body.texts, images
+        )
+    # Waiting for the batched forward holds no thread: 32 waiting clients cost 32 futures.
+    result = await prepared.submit()
+    response.headers["X-Batch-Size"] = str(result.batch_size)
+    response.headers["X-Batch-Requests"] = str(result.batch_requests)
+    return service.answer(prepared, result, body.top_k)

@@ -1,11 +1,15 @@
-"""Prediction: resolve the model (alias looked up per request), preprocess, one forward pass, top-k."""
+"""Prediction: resolve the model (alias looked up per request), preprocess, a (batched) forward pass, top-k."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
+from app.inference.batcher import BatchResult
 from app.inference.cache import LoadedModel, ModelCache
 from app.models.service import resolve_model
 from app.storage import ArtifactStore
@@ -14,7 +18,22 @@ from app.tasks.types import TaskType
 MAX_INPUTS = 256
 
 
-def predict(
+@dataclass
+class PreparedRequest:
+    """A request's inputs, encoded for the model that will answer it."""
+
+    model_id: str
+    loaded: LoadedModel
+    encoded: Any
+    count: int
+
+    def submit(self) -> Any:
+        """Queue the inputs on the model's batcher; an awaitable of their BatchResult (call on the event loop)."""
+        assert self.loaded.batcher is not None
+        return self.loaded.batcher.submit(self.encoded, self.count)
+
+
+def prepare(
     session: Session,
     store: ArtifactStore,
     cache: ModelCache,
@@ -22,21 +41,30 @@ def predict(
     model_ref: str | None,
     texts: list[str] | None,
     images: list[bytes] | None,
-    top_k: int,
-) -> dict:
-    """Top-k labels with probabilities for each input, and which model answered."""
+) -> PreparedRequest:
+    """Resolve the model, check and encode the inputs, load the model if needed (blocking: run in a thread)."""
     registered = resolve_model(session, team_id, model_ref)
-    inputs = _check_inputs(TaskType(registered.task), texts, images)
-    loaded = cache.get(registered.id, lambda: store.local_dir(registered.storage_key))
-    probabilities = _forward(loaded, inputs)
+    model_id, task, storage_key = registered.id, TaskType(registered.task), registered.storage_key
+    # End the read transaction now: the pooled connection must not stay checked out while the forward waits.
+    session.commit()
+    inputs = _check_inputs(task, texts, images)
+    loaded = cache.get(model_id, lambda: store.local_dir(storage_key))
+    return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs))
+
+
+def answer(prepared: PreparedRequest, result: BatchResult, top_k: int) -> dict:
+    """The response body: top-k labels with probabilities for each input, and which model answered."""
+    return {"model_id": prepared.model_id, "predictions": top_k_labels(prepared.loaded, result.probabilities, top_k)}
+
+
+def top_k_labels(loaded: LoadedModel, probabilities: torch.Tensor, top_k: int) -> list[list[dict]]:
     k = min(top_k, probabilities.shape[1])
     top = probabilities.topk(k, dim=1)
     labels = loaded.prep.labels
-    predictions = [
+    return [
         [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]
         for ps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
     ]
-    return {"model_id": registered.id, "predictions": predictions}
 
 
 def _check_inputs(task: TaskType, texts: list[str] | None, images: list[bytes] | None) -> list:
@@ -53,14 +81,3 @@ def _check_inputs(task: TaskType, texts: list[str] | None, images: list[bytes] |
     if len(inputs) > MAX_INPUTS:
         raise InvalidInput(f"At most {MAX_INPUTS} inputs per request; split the request.")
     return inputs
-
-
-def _forward(loaded: LoadedModel, inputs: list) -> torch.Tensor:
-    try:
-        encoded = loaded.spec.encode(loaded.processor, inputs, loaded.prep)
-    except Exception as exc:  # noqa: BLE001  (undecodable image and the like)
-        raise InvalidInput(f"Could not read the inputs: {exc}. Send JPEG/PNG images or UTF-8 text.") from exc
-    batch = loaded.spec.collate(loaded.processor, loaded.prep, encoded)
-    with loaded.lock, torch.inference_mode():
-        logits = loaded.model(**batch).logits
-    return logits.float().softmax(dim=-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -72,7 +72,40 @@ def write_metrics(session: Session, job_id: str, attempt: int, rows: list[dict],
 
 
 def add_event(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
+    """An event from the attempt that owns the job (fenced: a stale trainer raises LostLease)."""
+    heartbeat(session, job_id, attempt)
     session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+
+
+def add_event_unfenced(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
+    """An event written in the same transaction as a fenced state change (which already proved ownership)."""
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+
+
+def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())))
+
+
+def rewind_to(session: Session, job_id: str, attempt: int, step: int, epoch: int) -> None:
+    """Resuming at `step`: drop what a lost attempt logged after it, so the series has no duplicates."""
+    heartbeat(session, job_id, attempt, step=step, epoch=epoch)
+    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+
+
+def drop_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> None:
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id))
+
+
+def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> None:
+    """Give a running job back to the queue at once (worker shutting down). Raises LostLease."""
+    done = session.execute(
+        update(TrainingJob)
+        .where(_fence(job_id, attempt))
+        .values(status=JobStatus.queued, worker=None, enqueued_at=utcnow())
+    ).rowcount
+    if not done:
+        raise LostLease(job_id)
+    session.add(JobEvent(job_id=job_id, kind="handed_back", message=reason, attempt=attempt))
 
 
 def record_checkpoint(
@@ -83,26 +116,35 @@ def record_checkpoint(
     step: int,
     epoch: int,
     key: str,
-    metric: str,
-    value: float,
-    best: bool,
+    manifest_sha256: str,
+    kind: str = "evaluation",
+    metric: str | None = None,
+    value: float | None = None,
+    best: bool = False,
 ) -> list[str]:
-    """Record a checkpoint; keep only the best and the newest. Returns storage keys no longer needed."""
+    """Record a checkpoint already complete in the store; keep the best and the newest. Returns keys to delete."""
     heartbeat(session, job_id, attempt)
     if best:
         session.execute(update(Checkpoint).where(Checkpoint.job_id == job_id).values(is_best=False))
     session.add(
         Checkpoint(
-            job_id=job_id, step=step, epoch=epoch, storage_key=key, metric_name=metric, metric_value=value, is_best=best
-        )
+            job_id=job_id,
+            step=step,
+            epoch=epoch,
+            storage_key=key,
+            kind=kind,
+            metric_name=metric,
+            metric_value=value,
+            is_best=best,
+            manifest_sha256=manifest_sha256,
+        )  # fmt: skip
     )
     session.flush()
-    rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
-    newest = rows[-1]
-    stale = [c for c in rows if not c.is_best and c is not newest]
+    rows = checkpoints_newest_first(session, job_id)
+    stale = [c for c in rows[1:] if not c.is_best]
     for c in stale:
         session.delete(c)
-    return [c.storage_key for c in stale]
+    return [c.storage_key for c in stale if c.storage_key != key]
 
 
 def finish_job(session: Session, job_id: str, attempt: int, status: JobStatus, **values: Any) -> None:

@@ -49,6 +49,7 @@ class TrainingJob(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -77,8 +78,10 @@ class Checkpoint(Base):
     step: Mapped[int]
     epoch: Mapped[int]
     storage_key: Mapped[str] = mapped_column(String(300))
-    metric_name: Mapped[str] = mapped_column(String(40))
-    metric_value: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(20), default="evaluation", server_default="evaluation")  # or handoff
+    metric_name: Mapped[str | None] = mapped_column(String(40))
+    metric_value: Mapped[float | None] = mapped_column(Float)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     is_best: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

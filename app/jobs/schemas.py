@@ -100,8 +100,9 @@ class CheckpointRead(BaseModel):
     id: str
     step: int
     epoch: int
-    metric_name: str
-    metric_value: float
+    kind: str
+    metric_name: str | None
+    metric_value: float | None
     is_best: bool
     created_at: datetime
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -9,12 +11,14 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.datasets.service import get_dataset
 from app.db import utcnow
-from app.errors import Conflict, NotFound, ServiceUnavailable
+from app.errors import Conflict, NotFound
 from app.jobs.models import FINISHED, Checkpoint, JobEvent, JobStatus, Metric, TrainingJob
 from app.jobs.schemas import JobCreate
 from app.models.resolve import resolve_base_model
 from app.queue import enqueue_training
 from app.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 def create_job(
@@ -35,13 +39,22 @@ def create_job(
     session.flush()
     session.add(JobEvent(job_id=job.id, kind="queued", message=f"queued: {spec.base_model} on dataset {dataset.id}"))
     session.commit()
+    send_to_queue(session, celery, job)
+    return job
+
+
+def send_to_queue(session: Session, celery: Celery, job: TrainingJob) -> None:
+    """Send the committed job's id; if the broker is down the job stays queued and a worker's reaper re-sends it."""
     try:
         enqueue_training(celery, job.id)
-    except Exception as exc:
-        job.status, job.error, job.finished_at = JobStatus.failed, f"could not reach the job queue: {exc}", utcnow()
-        session.commit()
-        raise ServiceUnavailable("The job queue is unreachable; the job was marked failed. Retry shortly.") from exc
-    return job
+    except Exception as exc:  # noqa: BLE001  (any broker failure)
+        log.warning("could not enqueue job %s: %s", job.id, exc)
+        session.add(
+            JobEvent(job_id=job.id, kind="enqueue_failed", message=f"broker unreachable ({exc}); will be re-sent")
+        )
+    else:
+        job.enqueued_at = utcnow()
+    session.commit()
 
 
 def get_job(session: Session, team_id: str, job_id: str) -> TrainingJob:

@@ -30,8 +30,10 @@ class RunHooks(Protocol):
 
     def log_step(self, step: int, epoch: float, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_eval(self, step: int, epoch: float, values: dict[str, float]) -> None: ...
-    def should_stop(self) -> bool: ...
-    def save_checkpoint(self, run: Run, metric_name: str, value: float, is_best: bool) -> None: ...
+    def at_step_boundary(self, run: Run) -> None:
+        """May raise to stop the run here (JobCancelled, or the runner's own reasons)."""
+
+    def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None: ...
 
 
 @dataclass
@@ -75,8 +77,7 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
             hooks.log_step(s.step, epoch_progress(run), loss, run.scheduler.get_last_lr()[0], rate)
             if evaluation_due(run):
                 evaluate_and_checkpoint(run, hooks)
-            if hooks.should_stop():
-                raise JobCancelled
+            hooks.at_step_boundary(run)
             if s.stopped_early or s.step >= run.total_steps:
                 break
     return s

@@ -1,0 +1,179 @@
+"""Dynamic batching: concurrent requests for one model are merged into one forward pass.
+
+Each served model has one batcher thread. A request submits its already-encoded inputs and awaits an
+asyncio future (it holds no threadpool thread while it waits). The thread takes the first pending request,
+keeps collecting for at most `max_wait_s` (or until `max_batch` inputs, or until no other request is still
+being prepared), runs one forward pass over the merged inputs and hands each request its own rows.
+The forward releases the GIL, so the event loop keeps parsing requests while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Encoded inputs are token id lists (text) or an N x 3 x H x W uint8 tensor (images): both slice with [a:b].
+Encoded = Any
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of a forward pass."""
+
+    probabilities: torch.Tensor  # this request's rows, N x num_labels
+    batch_size: int  # inputs in the forward pass that served this request
+    batch_requests: int  # requests merged into that forward pass
+
+
+@dataclass
+class _Pending:
+    encoded: Encoded
+    size: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[BatchResult]
+
+
+class PreparingCounter:
+    """How many predict requests are between arriving and submitting: worth waiting for while non-zero."""
+
+    def __init__(self) -> None:
+        self.value = 0  # changed on the event loop thread only; read by batcher threads
+
+    def __enter__(self) -> PreparingCounter:
+        self.value += 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.value -= 1
+
+    def busy(self) -> bool:
+        return self.value > 0
+
+
+def concat(parts: Sequence[Encoded]) -> Encoded:
+    """Merge encoded inputs of several requests, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(list(parts))
+    return [item for part in parts for item in part]
+
+
+class Batcher:
+    """A queue of pending requests for one model and the thread that serves them in merged forward passes."""
+
+    def __init__(
+        self,
+        forward: Callable[[Encoded], torch.Tensor],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        others_preparing: Callable[[], bool] = lambda: True,
+        name: str = "batcher",
+    ) -> None:
+        self.forward = forward
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.others_preparing = others_preparing
+        self.name = name
+        self._cond = threading.Condition()
+        self._pending: deque[_Pending] = deque()
+        self._pending_inputs = 0
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def submit(self, encoded: Encoded, size: int) -> asyncio.Future[BatchResult]:
+        """Queue `size` encoded inputs; the future resolves with their probabilities (call on the event loop)."""
+        loop = asyncio.get_running_loop()
+        item = _Pending(encoded, size, loop, loop.create_future())
+        with self._cond:
+            self._pending.append(item)
+            self._pending_inputs += size
+            if self._thread is None:
+                # Started on first use, and again if a request raced a close(): no request is ever stranded.
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return item.future
+
+    def close(self) -> None:
+        """Let the thread exit once nothing is pending (the model was evicted or the app stops)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while (batch := self._collect()) is not None:
+            self._execute(batch)
+
+    def _collect(self) -> list[_Pending] | None:
+        """The next batch: wait for a first request, then briefly for company."""
+        with self._cond:
+            while not self._pending:
+                if self._closing:
+                    self._thread = None
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self.max_wait_s
+            while self._pending_inputs < self.max_batch and self.others_preparing():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._take()
+
+    def _take(self) -> list[_Pending]:
+        """Pending requests up to max_batch inputs (at least one request, however large; called under the lock)."""
+        batch = [self._pending.popleft()]
+        taken = batch[0].size
+        while self._pending and taken + self._pending[0].size <= self.max_batch:
+            item = self._pending.popleft()
+            batch.append(item)
+            taken += item.size
+        self._pending_inputs -= taken
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        total = sum(p.size for p in batch)
+        try:
+            merged = concat([p.encoded for p in batch])
+            # A single request larger than max_batch runs in max_batch chunks, bounding activation memory.
+            chunks = [self.forward(merged[i : i + self.max_batch]) for i in range(0, total, self.max_batch)]
+            probabilities = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        except BaseException as exc:  # noqa: BLE001  (handed to every waiting request, which re-raises it)
+            self._resolve(batch, [exc] * len(batch))
+            return
+        results: list[BatchResult | BaseException] = []
+        start = 0
+        for p in batch:
+            results.append(BatchResult(probabilities[start : start + p.size], total, len(batch)))
+            start += p.size
+        self._resolve(batch, results)
+
+    @staticmethod
+    def _resolve(batch: list[_Pending], outcomes: list[BatchResult | BaseException]) -> None:
+        """Complete the futures: one wake-up per event loop, not one per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+        for p, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(p.loop, []).append((p.future, outcome))
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_complete, pairs)
+
+
+def _complete(pairs: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, outcome in pairs:
+        if future.done():  # the request was cancelled (client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -31,6 +31,17 @@ class Service:
     var_dir: Path
     models_dir: Path
     stack: Stack
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        """Start a process of the service (its output goes to var/logs/NAME.log)."""
+        with open(self.var_dir / "logs" / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = proc
+        return proc
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        return self.start(name, worker_command(name))
 
     @property
     def settings(self) -> Settings:
@@ -94,38 +105,41 @@ def stack() -> Iterator[Stack]:
         yield s
 
 
+def worker_command(name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
+        "--loglevel", "INFO", "-n", f"{name}@%h",
+    ]  # fmt: skip
+
+
 @contextmanager
-def running_service(var_dir: Path, models_dir: Path, stack: Stack, workers: int = 1) -> Iterator[Service]:
+def running_service(
+    var_dir: Path, models_dir: Path, stack: Stack, workers: int = 1, settings: dict[str, str] | None = None
+) -> Iterator[Service]:
     """Migrate, then run the API (uvicorn) and `workers` Celery workers (solo pool) as real processes."""
-    env = process_env(var_dir, models_dir, stack)
+    env = {**process_env(var_dir, models_dir, stack), **(settings or {})}
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True)
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    logs = var_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    commands = {"api": [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]}
+    (var_dir / "logs").mkdir(exist_ok=True)
+    service = Service(url=f"http://127.0.0.1:{port}", env=env, var_dir=var_dir, models_dir=models_dir, stack=stack)
+    api = service.start(
+        "api", [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
+    )
     for n in range(workers):
-        commands[f"worker{n}"] = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
-            "--loglevel", "INFO", "-n", f"worker{n}@%h",
-        ]  # fmt: skip
-    processes = {}
-    for name, command in commands.items():
-        with open(logs / f"{name}.log", "wb") as log:
-            processes[name] = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        service.start_worker(f"worker{n}")
     try:
-        _wait_ready(url, processes["api"])
-        yield Service(url=url, env=env, var_dir=var_dir, models_dir=models_dir, stack=stack)
+        _wait_ready(service.url, api)
+        yield service
     finally:
-        for proc in processes.values():
+        for proc in service.processes.values():
             proc.terminate()
-        for proc in processes.values():
+        for proc in service.processes.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for name in processes:
-            tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+        for name in service.processes:
+            tail = (var_dir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
             print(f"\n----- {name}.log (tail) -----\n{tail}")
 
 

@@ -119,6 +119,16 @@ def process_env(var_dir: Path, models_dir: Path, stack: Stack) -> dict[str, str]
     return env
 
 
+@contextmanager
+def private_stack(redis_db: int) -> Iterator[Stack]:
+    """A stack of the kind under test that no other service of the run shares (own database, own queue)."""
+    if STACK == "production":
+        with production_stack(f"redis://127.0.0.1:6379/{redis_db}") as stack:
+            yield stack
+    else:
+        yield Stack("embedded")
+
+
 if __name__ == "__main__":
     # `python -m tests.stacks`: exit 0 when PostgreSQL and Redis answer on loopback (the Makefile asks).
     raise SystemExit(0 if production_services_up() else 1)

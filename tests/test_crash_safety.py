@@ -1,0 +1,141 @@
+"""Crash safety with real processes: kill -9 a worker mid-epoch, SIGTERM a worker, cancel while no worker lives.
+
+The job resumed after SIGKILL must end with the same weights and report as the same job run uninterrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import running_service, wait_for_job
+from tests.factories import text_csv, text_rows
+from tests.stacks import private_stack
+
+FAST_LEASES = {
+    "FINETUNE_LEASE_SECONDS": "4",
+    "FINETUNE_HEARTBEAT_SECONDS": "1",
+    "FINETUNE_REAPER_INTERVAL_SECONDS": "1",
+}
+HP = {"epochs": 2, "batch_size": 8, "eval_every_steps": 10, "early_stopping": None, "seed": 11, "max_length": 16}
+
+
+@pytest.fixture(scope="module")
+def crashy(tmp_path_factory, models_dir):
+    """A service of its own (fast leases, its own database and queue), a team, and a 800-row dataset."""
+    var_dir = tmp_path_factory.mktemp("var-crash")
+    with (
+        private_stack(redis_db=13) as stack,
+        running_service(var_dir, models_dir, stack, settings=FAST_LEASES) as service,
+        service.client(service.new_key("crash-team")) as client,
+    ):
+        upload = {"file": ("big.csv", text_csv(text_rows(400, seed=5)))}
+        dataset = client.post("/datasets", files=upload, data={"task": "text_classification"})
+        assert dataset.status_code == 201, dataset.text
+        yield service, client, dataset.json()["id"]
+
+
+def _submit(client, dataset_id: str) -> str:
+    answer = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", "hyperparameters": HP})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def _wait_for_step(client, job_id: str, step: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        if job["step"] >= step:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not reach step {step}")
+
+
+def _weights(service, job: dict) -> dict:
+    return load_file(str(service.store().local_dir(f"models/{job['model_id']}") / "model.safetensors"))
+
+
+def _kinds(client, job_id: str) -> list[str]:
+    return [e["kind"] for e in client.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]]
+
+
+@pytest.fixture(scope="module")
+def reference(crashy):
+    """The job run once, uninterrupted."""
+    service, client, dataset_id = crashy
+    job = wait_for_job(client, _submit(client, dataset_id))
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+def test_sigkill_mid_epoch_resumes_to_bit_identical_weights_and_report(crashy, reference):
+    service, client, dataset_id = crashy
+    job_id = _submit(client, dataset_id)
+    running = _wait_for_step(client, job_id, 30)
+    assert running["epoch"] == 0  # 100 steps per epoch: the kill lands mid-epoch
+    service.processes["worker0"].send_signal(signal.SIGKILL)
+    service.processes["worker0"].wait()
+    service.start_worker("worker1")
+
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 2
+    kinds = _kinds(client, job_id)
+    assert "requeued" in kinds and "resumed" in kinds
+
+    resumed, uninterrupted = _weights(service, job), _weights(service, reference)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert resumed[name].equal(tensor), name
+    assert client.get(f"/jobs/{job_id}/report").json() == client.get(f"/jobs/{reference['id']}/report").json()
+
+    for name in ("train_loss", "learning_rate", "val_loss"):
+        series = client.get(f"/jobs/{job_id}/metrics", params={"name": name, "limit": 10000}).json()["items"]
+        ref = client.get(f"/jobs/{reference['id']}/metrics", params={"name": name, "limit": 10000}).json()["items"]
+        assert [m["step"] for m in series] == [m["step"] for m in ref], name  # no gaps, no duplicates
+        if name != "samples_per_s":
+            assert [m["value"] for m in series] == [m["value"] for m in ref], name
+
+
+def test_sigterm_checkpoints_and_hands_the_job_back_at_once(crashy, reference):
+    service, client, dataset_id = crashy
+    worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
+    job_id = _submit(client, dataset_id)
+    _wait_for_step(client, job_id, 25)
+    service.processes[worker].send_signal(signal.SIGTERM)
+    assert service.processes[worker].wait(timeout=60) == 0
+    handed_back = client.get(f"/jobs/{job_id}").json()
+    assert handed_back["status"] == "queued"
+    kinds = _kinds(client, job_id)
+    assert "handed_back" in kinds and "requeued" not in kinds
+    checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()
+    assert checkpoints[-1]["kind"] == "handoff" and checkpoints[-1]["step"] == handed_back["step"]
+
+    service.start_worker("worker2")
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    for name, tensor in _weights(service, reference).items():
+        assert _weights(service, job)[name].equal(tensor), name
+
+
+def test_cancel_while_the_worker_is_dead_stays_cancelled(crashy):
+    service, client, dataset_id = crashy
+    worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
+    job_id = _submit(client, dataset_id)
+    _wait_for_step(client, job_id, 15)
+    service.processes[worker].send_signal(signal.SIGKILL)
+    service.processes[worker].wait()
+    assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "running"
+    service.start_worker("worker3")
+    job = wait_for_job(client, job_id, timeout=60)
+    assert job["status"] == "cancelled"
+    marker = wait_for_job(client, client.post("/jobs", json={
+        "dataset_id": dataset_id, "base_model": "tiny-bert", "hyperparameters": {"max_steps": 1}
+    }).json()["id"])  # fmt: skip
+    assert marker["status"] == "succeeded"
+    again = client.get(f"/jobs/{job_id}").json()
+    assert again["status"] == "cancelled" and again["attempt"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,13 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app.all_models  # noqa: F401  (every table known to this process)
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
-from app.db import Database
+from app.db import Database, is_connection_error
 from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
@@ -26,6 +27,7 @@ from app.queue import make_celery
 from app.storage import ArtifactStore
 
 PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> JSONResponse:
@@ -57,9 +59,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail))
 
-    @app.exception_handler(OperationalError)
-    async def database_down(_: Request, exc: OperationalError) -> JSONResponse:
-        return problem(503, "Database unavailable", "The database is unreachable right now; retry shortly.")
+    @app.exception_handler(DBAPIError)
+    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        if is_connection_error(exc):
+            return problem(503, "Database unavailable", "The database is unreachable right now; retry shortly.")
+        log.error("database error: %s", exc)
+        return problem(500, "Internal error", "The request failed on a database error; it was logged.")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

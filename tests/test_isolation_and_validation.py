@@ -130,3 +130,24 @@ def test_health_and_openapi(service):
         assert anonymous.get("/readyz").status_code == 200
         paths = anonymous.get("/openapi.json").json()["paths"]
         assert {"/datasets", "/jobs", "/jobs/{job_id}/report", "/predict", "/aliases/{name}"} <= set(paths)
+
+
+def test_moving_an_alias_takes_effect_on_the_next_request(client, team_a_resources):
+    dataset_id = team_a_resources["dataset"]
+    hp = {"epochs": 1, "batch_size": 16, "max_steps": 1, "seed": 5}
+    second = wait_for_job(
+        client,
+        client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", "hyperparameters": hp}).json()[
+            "id"
+        ],
+    )
+    assert second["status"] == "succeeded", second["error"]
+    first_model, second_model = team_a_resources["model"], second["model_id"]
+    assert client.put("/aliases/staging", json={"model_id": first_model}).json()["model_id"] == first_model
+    assert client.post("/predict", json={"model": "staging", "texts": ["good"]}).json()["model_id"] == first_model
+    assert client.put("/aliases/staging", json={"model_id": second_model}).status_code == 200
+    assert client.post("/predict", json={"model": "staging", "texts": ["good"]}).json()["model_id"] == second_model
+    aliases = {a["name"]: a["model_id"] for a in client.get("/aliases").json()}
+    assert aliases["staging"] == second_model
+    assert client.put("/aliases/bad name!", json={"model_id": second_model}).status_code == 422
+    assert client.put("/aliases/x", json={"model_id": "0" * 32}).status_code == 404

@@ -7,15 +7,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+
+from app.db import is_connection_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """True for a lost or refused database connection (not for a constraint or SQL error)."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def retrying(fn: Callable[[], T], *, within_s: float = 600.0, what: str = "database write") -> T:

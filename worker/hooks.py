@@ -9,11 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-from app.db import Database
+from app.db import Database, is_connection_error
 from app.jobs import lifecycle
 from app.jobs.lifecycle import LostLease
 from app.storage import ArtifactStore
-from worker.db_retry import is_connection_error, retrying
+from worker.db_retry import retrying
 from worker.training.checkpoint import MANIFEST, save_checkpoint
 from worker.training.loop import JobCancelled, Run
 

@@ -124,3 +124,17 @@ def test_upload_without_task_or_file_is_422(client):
     assert "file" in answer.json()["detail"]
     wrong_task = client.post("/datasets", files={"file": ("a.csv", text_csv())}, data={"task": "regression"})
     assert wrong_task.status_code == 422
+
+
+def test_dataset_list_is_cursor_paged_newest_first(service):
+    with service.client(service.new_key("paging-team")) as client:
+        ids = [
+            client.post(
+                "/datasets", files={"file": ("d.csv", text_csv())}, data={"task": "text_classification"}
+            ).json()["id"]
+            for _ in range(3)
+        ]
+        first = client.get("/datasets", params={"limit": 2}).json()
+        assert [d["id"] for d in first["items"]] == ids[::-1][:2]
+        rest = client.get("/datasets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        assert [d["id"] for d in rest["items"]] == [ids[0]] and rest["next_cursor"] is None

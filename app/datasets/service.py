@@ -10,6 +10,7 @@ from app.datasets.models import Dataset
 from app.datasets.store import dataset_key, write_dataset
 from app.errors import Conflict, InvalidUpload, NotFound
 from app.jobs.models import JobStatus, TrainingJob
+from app.pagination import newest_first
 from app.storage import ArtifactStore
 from app.tasks.types import TaskType
 
@@ -64,16 +65,9 @@ def get_dataset(session: Session, team_id: str, dataset_id: str) -> Dataset:
 
 
 def list_datasets(session: Session, team_id: str, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
-    """Newest first, cursor-paged by id order within creation time."""
-    query = select(Dataset).where(Dataset.team_id == team_id).order_by(Dataset.created_at.desc(), Dataset.id.desc())
-    if cursor:
-        anchor = get_dataset(session, team_id, cursor)
-        query = query.where(
-            (Dataset.created_at < anchor.created_at)
-            | ((Dataset.created_at == anchor.created_at) & (Dataset.id < anchor.id))
-        )
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    """Newest first, cursor-paged."""
+    anchor = get_dataset(session, team_id, cursor) if cursor else None
+    return newest_first(session, select(Dataset).where(Dataset.team_id == team_id), Dataset, anchor, limit)
 
 
 def delete_dataset(session: Session, store: ArtifactStore, dataset: Dataset) -> None:

@@ -15,6 +15,7 @@ from app.errors import Conflict, NotFound
 from app.jobs.models import FINISHED, Checkpoint, JobEvent, JobStatus, Metric, TrainingJob
 from app.jobs.schemas import JobCreate
 from app.models.resolve import resolve_base_model
+from app.pagination import newest_first
 from app.queue import enqueue_training
 from app.storage import ArtifactStore
 
@@ -68,19 +69,12 @@ def get_job(session: Session, team_id: str, job_id: str) -> TrainingJob:
 def list_jobs(
     session: Session, team_id: str, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[TrainingJob], str | None]:
-    """Newest first, cursor-paged."""
+    """Newest first, cursor-paged, optionally one status only."""
     query = select(TrainingJob).where(TrainingJob.team_id == team_id)
     if status:
         query = query.where(TrainingJob.status == status)
-    query = query.order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
-    if cursor:
-        anchor = get_job(session, team_id, cursor)
-        query = query.where(
-            (TrainingJob.created_at < anchor.created_at)
-            | ((TrainingJob.created_at == anchor.created_at) & (TrainingJob.id < anchor.id))
-        )
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    anchor = get_job(session, team_id, cursor) if cursor else None
+    return newest_first(session, query, TrainingJob, anchor, limit)
 
 
 def cancel_job(session: Session, job: TrainingJob) -> TrainingJob:

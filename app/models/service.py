@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.errors import NotFound
 from app.models.models import Alias, RegisteredModel
+from app.pagination import newest_first
 
 DEFAULT_ALIAS = "production"
 
@@ -24,16 +25,10 @@ def get_model(session: Session, team_id: str, model_id: str) -> RegisteredModel:
 def list_models(
     session: Session, team_id: str, limit: int, cursor: str | None
 ) -> tuple[list[RegisteredModel], str | None]:
+    """Newest first, cursor-paged."""
+    anchor = get_model(session, team_id, cursor) if cursor else None
     query = select(RegisteredModel).where(RegisteredModel.team_id == team_id)
-    query = query.order_by(RegisteredModel.created_at.desc(), RegisteredModel.id.desc())
-    if cursor:
-        anchor = get_model(session, team_id, cursor)
-        query = query.where(
-            (RegisteredModel.created_at < anchor.created_at)
-            | ((RegisteredModel.created_at == anchor.created_at) & (RegisteredModel.id < anchor.id))
-        )
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+    return newest_first(session, query, RegisteredModel, anchor, limit)
 
 
 def set_alias(session: Session, team_id: str, name: str, model_id: str) -> Alias:

@@ -115,9 +115,17 @@ def test_sigterm_checkpoints_and_hands_the_job_back_at_once(crashy, reference):
     checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()
     assert checkpoints[-1]["kind"] == "handoff" and checkpoints[-1]["step"] == handed_back["step"]
 
+    # Corrupt the hand-off checkpoint: the resume must refuse it, say so, and fall back to an older state.
+    store = service.store()
+    weights_key = f"{checkpoints[-1]['storage_key']}/model.safetensors"
+    damaged = bytearray(store.get_bytes(weights_key))
+    damaged[len(damaged) // 2] ^= 0xFF
+    store.put_bytes(weights_key, bytes(damaged))
+
     service.start_worker("worker2")
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
+    assert "checkpoint_unreadable" in _kinds(client, job_id)
     for name, tensor in _weights(service, reference).items():
         assert _weights(service, job)[name].equal(tensor), name
 

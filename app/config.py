@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials: AWS_*")
     models_dir: Path | None = Field(None, description="Folder of Hugging Face format base models")
     model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
+    predict_max_batch: int = Field(64, ge=1, description="Most inputs one /predict forward pass merges")
+    predict_max_wait_ms: float = Field(5, ge=0, description="How long a /predict batch waits for more requests")
+    predict_workers: int = Field(1, ge=1, description="Forward passes per served model that may run at once")
+    predict_threads: int | None = Field(
+        None, ge=1, description="torch threads per /predict forward pass; default: all cores but one"
+    )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")

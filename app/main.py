@@ -77,8 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(settings.database_url)
         app.state.store = ArtifactStore.from_settings(settings)
         app.state.celery = make_celery(settings)
-        app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.model_cache = ModelCache(
+            settings.model_cache_size,
+            max_batch=settings.predict_max_batch,
+            max_wait_ms=settings.predict_max_wait_ms,
+            workers=settings.predict_workers,
+            threads=settings.predict_threads,
+        )
         yield
+        app.state.model_cache.close()
         app.state.db.dispose()
 
     app = FastAPI(

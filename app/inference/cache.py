@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_MS = 5.0
 
 
+def default_forward_threads() -> int:
+    """All cores but one: the event loop and the request threads need a core of their own (see batcher.py)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 @dataclass
 class LoadedModel:
     model_id: str
@@ -32,7 +39,6 @@ class LoadedModel:
     processor: Any
     prep: Preprocessing
     spec: TaskSpec
-    lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: Batcher | None = None
 
     def encode(self, inputs: list) -> Any:
@@ -43,9 +49,11 @@ class LoadedModel:
             raise InvalidInput(f"Could not read the inputs: {exc}. Send JPEG/PNG images or UTF-8 text.") from exc
 
     def forward(self, encoded: Any) -> torch.Tensor:
-        """Class probabilities for a batch of encoded inputs (texts pad to the batch's longest)."""
+        """Class probabilities for a batch of encoded inputs (texts pad to the batch's longest).
+
+        Batcher workers call this concurrently: inference on shared read-only weights needs no lock."""
         batch = self.spec.collate(self.processor, self.prep, encoded)
-        with self.lock, torch.inference_mode():
+        with torch.inference_mode():
             logits = self.model(**batch).logits
         return logits.float().softmax(dim=-1)
 
@@ -62,10 +70,21 @@ def load_served_model(model_id: str, folder: Path) -> LoadedModel:
 class ModelCache:
     """At most `size` models in memory, each with its batcher; loading happens outside the cache lock."""
 
-    def __init__(self, size: int, max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> None:
+    def __init__(
+        self,
+        size: int,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        workers: int = 1,
+        threads: int | None = None,
+    ) -> None:
+        """`workers` forward passes per model may run at once, each on `threads` torch threads (default: all
+        cores but one); a batch merges up to `max_batch` inputs, waiting at most `max_wait_ms` for company."""
         self.size = size
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
+        self.workers = workers
+        self.threads = threads or default_forward_threads()
         self.preparing = PreparingCounter()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -88,6 +107,8 @@ class ModelCache:
                 max_batch=self.max_batch,
                 max_wait_s=self.max_wait_s,
                 others_preparing=self.preparing.busy,
+                workers=self.workers,
+                threads=self.threads,
                 name=f"batcher-{model_id[:8]}",
             )
             with self._lock:

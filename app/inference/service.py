@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
@@ -27,10 +26,10 @@ class PreparedRequest:
     encoded: Any
     count: int
 
-    def submit(self) -> Any:
+    def submit(self, top_k: int) -> Any:
         """Queue the inputs on the model's batcher; an awaitable of their BatchResult (call on the event loop)."""
         assert self.loaded.batcher is not None
-        return self.loaded.batcher.submit(self.encoded, self.count)
+        return self.loaded.batcher.submit(self.encoded, self.count, top_k)
 
 
 def prepare(
@@ -45,26 +44,21 @@ def prepare(
     """Resolve the model, check and encode the inputs, load the model if needed (blocking: run in a thread)."""
     registered = resolve_model(session, team_id, model_ref)
     model_id, task, storage_key = registered.id, TaskType(registered.task), registered.storage_key
-    # End the read transaction now: the pooled connection must not stay checked out while the forward waits.
+    # End the read transaction: the pooled connection is not held while a model loads or inputs are decoded.
     session.commit()
     inputs = _check_inputs(task, texts, images)
     loaded = cache.get(model_id, lambda: store.local_dir(storage_key))
     return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs))
 
 
-def answer(prepared: PreparedRequest, result: BatchResult, top_k: int) -> dict:
+def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
     """The response body: top-k labels with probabilities for each input, and which model answered."""
-    return {"model_id": prepared.model_id, "predictions": top_k_labels(prepared.loaded, result.probabilities, top_k)}
-
-
-def top_k_labels(loaded: LoadedModel, probabilities: torch.Tensor, top_k: int) -> list[list[dict]]:
-    k = min(top_k, probabilities.shape[1])
-    top = probabilities.topk(k, dim=1)
-    labels = loaded.prep.labels
-    return [
-        [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]
-        for ps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    labels = prepared.loaded.prep.labels
+    predictions = [
+        [{"label": labels[i], "score": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
+        for ps, ids in zip(result.scores, result.indices, strict=True)
     ]
+    return {"model_id": prepared.model_id, "predictions": predictions}
 
 
 def _check_inputs(task: TaskType, texts: list[str] | None, images: list[bytes] | None) -> list:

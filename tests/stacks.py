@@ -76,6 +76,8 @@ def s3_server() -> Iterator[dict[str, str]]:
         "s3", endpoint_url=env["FINETUNE_S3_ENDPOINT_URL"], aws_access_key_id="testing",
         aws_secret_access_key="testing", region_name="us-east-1",
     ).create_bucket(Bucket="finetune-test")  # fmt: skip
+    # The test process reads the same store as the services it starts.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     try:
         yield env
     finally:

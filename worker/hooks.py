@@ -67,6 +67,7 @@ class DbHooks:
         self.last_flush = time.monotonic()
         self.cancel_requested = False
         self.progress: dict = {}
+        self.checkpointed_step: int | None = None
 
     def log_step(self, step: int, epoch: float, loss: float, lr: float, samples_per_s: float) -> None:
         for name, value in (("train_loss", loss), ("learning_rate", lr), ("samples_per_s", samples_per_s)):
@@ -87,7 +88,8 @@ class DbHooks:
         if self.cancel_requested or self.heartbeat.cancel_requested:
             raise JobCancelled
         if SHUTTING_DOWN.is_set() and run.state.step < run.total_steps and not run.state.stopped_early:
-            self.save_checkpoint(run, None, None, False, kind="handoff")
+            if self.checkpointed_step != run.state.step:  # an evaluation may have just saved this very state
+                self.save_checkpoint(run, None, None, False, kind="handoff")
             raise HandedBack
 
     def try_flush(self) -> None:
@@ -145,6 +147,8 @@ class DbHooks:
                 )
                 return stale
 
-        for stale_key in retrying(record, what="checkpoint record"):
+        stale_keys = retrying(record, what="checkpoint record")
+        self.checkpointed_step = s.step
+        for stale_key in stale_keys:
             self.store.delete_prefix(stale_key)
             shutil.rmtree(self.workdir / "checkpoints" / stale_key.rsplit("/", 1)[-1], ignore_errors=True)

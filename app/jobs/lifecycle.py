@@ -83,7 +83,13 @@ def add_event_unfenced(session: Session, job_id: str, attempt: int, kind: str, m
 
 
 def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:
-    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())))
+    return list(
+        session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
+        )
+    )
 
 
 def rewind_to(session: Session, job_id: str, attempt: int, step: int, epoch: int) -> None:

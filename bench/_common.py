@@ -112,6 +112,15 @@ def ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def hwm_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). Unlike ru_maxrss, it does not inherit the peak of the
+    parent that forked it (Linux keeps ru_maxrss across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return ru_maxrss_mb()
+
+
 def rss_mb() -> float:
     import psutil
 

@@ -23,7 +23,7 @@ one-off preprocessing is not). Methods are interleaved round by round in one pro
 the figure is the median over rounds, and each method is reported as a ratio to `hand`.
 
 Peak memory: each method is also run alone in a fresh subprocess (same data, warmup + 4 steps) and reports the
-process's peak RSS (ru_maxrss) and the RSS peak sampled (psutil, 5 ms) during the training steps.
+process's peak RSS (VmHWM, i.e. ru_maxrss without what Linux carries over from the forking parent) and the RSS peak sampled (psutil, 5 ms) during the training steps.
 
 Finally it checks that the service preprocesses once: it counts calls to the task's encode, the tokenizer /
 image decoder and PIL.Image.open during build_run and during each of 2 training epochs of fit.
@@ -295,6 +295,22 @@ def measure_throughput(case: str, methods: list[str], rounds: int, warmup: int, 
     }
 
 
+def paired(figures: dict, method: str, reference: str) -> float | None:
+    """Median over rounds of method/reference within the same round (steadier than a ratio of medians when the
+    machine's load drifts between rounds)."""
+    if method not in figures or reference not in figures:
+        return None
+    ratios = [a / b for a, b in zip(figures[method]["rounds"], figures[reference]["rounds"], strict=True)]
+    return round(statistics.median(ratios), 3)
+
+
+def paired_range(figures: dict, method: str, reference: str) -> list[float] | None:
+    if method not in figures or reference not in figures:
+        return None
+    ratios = [a / b for a, b in zip(figures[method]["rounds"], figures[reference]["rounds"], strict=True)]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
+
+
 def memory_child(case: str, method: str, warmup: int, steps: int) -> None:
     """Run one method alone in this (fresh) process; print its memory as JSON."""
     C.set_threads()
@@ -309,7 +325,7 @@ def memory_child(case: str, method: str, warmup: int, steps: int) -> None:
             {
                 "rss_ready_mb": ready,
                 "train_peak_rss_mb": peak.peak_mb,
-                "process_peak_rss_mb": C.ru_maxrss_mb(),
+                "process_peak_rss_mb": C.hwm_rss_mb(),
                 "samples_per_s": samples_per_s(times, warmup),
             }
         )
@@ -586,6 +602,7 @@ def main() -> None:
                 "threads": n_threads,
                 "samples_per_s": round(fig["samples_per_s"], 2),
                 "ratio_to_hand": round(fig["samples_per_s"] / base_rate, 3) if base_rate else None,
+                "paired_ratio_to_hand": paired(figures, method, "hand"),
                 "rounds_samples_per_s": fig["rounds"],
             }
             if not args.no_memory:
@@ -605,10 +622,14 @@ def main() -> None:
                 "bench": "train_throughput_target",
                 "case": case,
                 "service_vs_hand": round(ratio, 3),
+                "service_vs_hand_paired": paired(figures, "service", "hand"),
+                "service_vs_hand_paired_range": paired_range(figures, "service", "hand"),
                 "service_ge_0.97x_hand": ratio >= 0.97,
             }
             if trainer_rate:
                 target["service_vs_trainer"] = round(figures["service"]["samples_per_s"] / trainer_rate, 3)
+                target["service_vs_trainer_paired"] = paired(figures, "service", "trainer")
+                target["service_vs_trainer_paired_range"] = paired_range(figures, "service", "trainer")
                 target["service_ge_trainer"] = figures["service"]["samples_per_s"] >= trainer_rate
             C.emit(**target)
     checks = []
@@ -621,7 +642,7 @@ def main() -> None:
             fig = {"bench": "preprocess_once", "case": case, **counts, "epoch_2_no_preprocessing": ok}
             C.emit(**fig)
             checks.append(fig)
-    cols = ["case", "method", "samples_per_s", "ratio_to_hand", "rounds_samples_per_s"]
+    cols = ["case", "method", "samples_per_s", "ratio_to_hand", "paired_ratio_to_hand", "rounds_samples_per_s"]
     if not args.no_memory:
         cols += ["process_peak_rss_mb", "train_peak_rss_mb", "train_rss_growth_mb"]
     print()

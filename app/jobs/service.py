@@ -33,7 +33,7 @@ def create_job(
         dataset_id=dataset.id,
         task=dataset.task,
         base_model=spec.base_model,
-        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
+        hyperparameters=spec.hyperparameters.for_task(dataset.task).model_dump(mode="json"),
         status=JobStatus.queued,
     )
     session.add(job)

@@ -30,12 +30,13 @@ def build_run(
     task: str, base_path: Path, labels: list[str], records: list[dict], hp: Hyperparameters, device: torch.device
 ) -> tuple[Run, list[str]]:
     """A ready-to-train Run and notes worth an event (ignored options and the like)."""
+    hp = hp.for_task(task)
     seed_everything(hp.seed)
     spec = task_spec(task)
     processor = spec.load_processor(base_path)
     prep = spec.make_preprocessing(processor, labels, hp)
     splits = prepare_splits(records, spec, processor, prep)
-    model, fresh, notes = spec.load_model(base_path, labels, hp.dropout)
+    model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
     model.to(device)
     if hp.freeze == "backbone":
         freeze_backbone(model, head_parameter_names(model, fresh))

@@ -17,7 +17,7 @@ import pytest
 
 from app.config import Settings
 from app.storage import ArtifactStore
-from tests.factories import build_tiny_image_model, build_tiny_text_model
+from tests.factories import build_tiny_image_model, build_tiny_text_model, build_tiny_timm_model
 from tests.stacks import Stack, make_stack, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +93,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("base-models")
     build_tiny_text_model(folder / "tiny-bert")
     build_tiny_image_model(folder / "tiny-vit")
+    build_tiny_timm_model(folder / "tiny-timm")
     return folder
 
 

@@ -49,6 +49,21 @@ def build_tiny_image_model(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_timm_model(folder: Path) -> Path:
+    """timm's `test_efficientnet` (a few thousand weights) through transformers' timm wrapper, native size 64 px,
+    bicubic with a 0.875 center crop as timm's ImageNet models are; its processor lives in config.json."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pretrained_cfg = {
+        "input_size": [3, 64, 64], "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 2,
+    }  # fmt: skip
+    config = TimmWrapperConfig(architecture="test_efficientnet", num_labels=2, pretrained_cfg=pretrained_cfg)
+    TimmWrapperForImageClassification(config).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def text_rows(per_class: int = 30, seed: int = 0) -> list[dict]:
     """Sentences whose sentiment word gives away the label."""
     rng = np.random.default_rng(seed)

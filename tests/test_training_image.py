@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 
 import pytest
+import torch
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from tests.conftest import wait_for_job
@@ -96,3 +100,37 @@ def test_predict_rejects_wrong_input_kind(client, image_job):
     broken = client.post("/predict", json={"model": job["model_id"], "images": ["bm90IGFuIGltYWdl"]})
     assert broken.status_code == 422
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(("base_model", "image_size"), [("tiny-timm", 48), ("tiny-vit", None), ("tiny-vit", 48)])
+def test_plain_transformers_preprocesses_the_exported_model_as_training_did(service, client, base_model, image_size):
+    """The saved processor resizes to the size trained at (48 px, not timm's native 64 with its 0.875 crop), so
+    AutoImageProcessor + AutoModelForImageClassification give the probabilities /predict gives. A ViT pretrained at
+    32 px trains at 48 by interpolating its position embeddings; finetune.json says so for those who load it."""
+    dataset = client.post(
+        "/datasets", files={"file": ("c.zip", image_zip(per_class=10), "application/zip")},
+        data={"task": "image_classification"},
+    )  # fmt: skip
+    hp = {"max_steps": 2, "batch_size": 8, "image_size": image_size}
+    submitted = client.post(
+        "/jobs", json={"dataset_id": dataset.json()["id"], "base_model": base_model, "hyperparameters": hp}
+    )
+    job = wait_for_job(client, submitted.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    folder = service.store().local_dir(f"models/{job['model_id']}")
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    red = image_bytes(COLORS["red"], seed=97)
+    pixels = processor(Image.open(io.BytesIO(red)).convert("RGB"), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-1] == (image_size or 32)
+    interpolate = json.loads((folder / "finetune.json").read_text())["interpolate_pos_encoding"]
+    assert interpolate == (base_model == "tiny-vit" and image_size is not None)
+    with torch.no_grad():
+        kwargs = {"interpolate_pos_encoding": True} if interpolate else {}
+        probs = model(pixel_values=pixels, **kwargs).logits.softmax(-1)[0].tolist()
+    served = client.post(
+        "/predict", files=[("files", ("r.png", red, "image/png"))], data={"model": job["model_id"], "top_k": "2"}
+    ).json()["predictions"][0]
+    assert model.config.id2label == {0: "blue", 1: "red"}
+    expected = {model.config.id2label[i]: p for i, p in enumerate(probs)}
+    assert {p["label"]: p["score"] for p in served} == pytest.approx(expected, abs=1e-4)

@@ -180,7 +180,7 @@ def _export_model(run: Run, store: ArtifactStore, workdir: Path) -> str:
     model_id = new_id()
     folder = workdir / "export"
     run.model.save_pretrained(str(folder), safe_serialization=True)
-    run.processor.save_pretrained(str(folder))
+    run.spec.save_processor(run.processor, folder, run.prep)
     run.prep.save(folder)
     store.put_dir(folder, f"models/{model_id}")
     return model_id

@@ -23,6 +23,8 @@ class Preprocessing:
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     max_length: int | None = None
+    # a position-embedding model (ViT...) trained at another size than its own: its forward must interpolate
+    interpolate_pos_encoding: bool = False
 
     def save(self, folder: Path) -> None:
         (Path(folder) / SERVICE_CONFIG).write_text(json.dumps(asdict(self), indent=2))

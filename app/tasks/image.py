@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,11 @@ from app.tasks.common import Preprocessing, load_with_new_head
 DEFAULT_IMAGE_SIZE = 224
 
 
-def load_model(path: Path, labels: list[str], dropout: float | None) -> tuple[torch.nn.Module, set[str], list[str]]:
-    """The base model with a new head; returns (model, fresh param names, notes for the job's events)."""
+def load_model(
+    path: Path, labels: list[str], dropout: float | None, prep: Preprocessing | None = None
+) -> tuple[torch.nn.Module, set[str], list[str]]:
+    """The base model with a new head; returns (model, fresh param names, notes for the job's events). With `prep`,
+    records in it whether the model must interpolate its position embeddings for `prep.image_size`."""
     overrides: dict[str, Any] = {}
     notes: list[str] = []
     if dropout is not None:
@@ -29,7 +35,22 @@ def load_model(path: Path, labels: list[str], dropout: float | None) -> tuple[to
         else:
             notes.append(f"{config.model_type} has no classifier dropout; 'dropout' was ignored")
     model, fresh = load_with_new_head(AutoModelForImageClassification, path, labels, **overrides)
+    if model.config.model_type == "timm_wrapper":
+        # its config saves `label_names`, and keeps the base model's (ImageNet's) unless told the new ones
+        model.config.label_names = list(labels)
+    if prep is not None:
+        prep.interpolate_pos_encoding = needs_interpolated_positions(model, prep.image_size)
     return model, fresh, notes
+
+
+def needs_interpolated_positions(model: torch.nn.Module, side: int | None) -> bool:
+    """Whether a model with learned position embeddings (ViT, DeiT, BEiT...) is fed another size than it was
+    pretrained at: its forward then interpolates them (`interpolate_pos_encoding=True`) instead of failing.
+    Convolutional models take any size as they are."""
+    native = getattr(model.config, "image_size", None)
+    native = native[0] if isinstance(native, list | tuple) else native
+    accepts = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+    return bool(accepts and side and native and side != native)
 
 
 def load_processor(path: Path) -> Any:
@@ -64,6 +85,28 @@ def make_preprocessing(processor: Any, labels: list[str], hp: Any) -> Preprocess
     return prep
 
 
+def save_processor(processor: Any, folder: Path, prep: Preprocessing) -> None:
+    """Save the processor so that plain transformers feeds the model what training did: `prep.image_size` square,
+    bilinear, the same mean and std. The timm wrapper's processor saves nothing of its own; it is rebuilt from
+    `pretrained_cfg` in config.json, so that is where its size goes."""
+    side = prep.image_size
+    config_file = Path(folder) / "config.json"
+    if getattr(processor, "data_config", None) is not None and config_file.is_file():
+        config = json.loads(config_file.read_text())
+        cfg = config.setdefault("pretrained_cfg", {})
+        cfg.update(input_size=[3, side, side], crop_pct=1.0, crop_mode="center", interpolation="bilinear")
+        cfg.update(mean=list(prep.image_mean), std=list(prep.image_std))
+        cfg.pop("test_input_size", None)
+        config_file.write_text(json.dumps(config, indent=2))
+        return
+    processor = copy.deepcopy(processor)
+    processor.size = {"height": side, "width": side}
+    for name, value in (("do_center_crop", False), ("resample", Image.Resampling.BILINEAR)):
+        if hasattr(processor, name):
+            setattr(processor, name, value)
+    processor.save_pretrained(str(folder))
+
+
 def decode(image: bytes | Image.Image, size: int) -> torch.Tensor:
     """One image as a 3xHxW uint8 tensor at `size` pixels square."""
     img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
@@ -81,4 +124,7 @@ def collate(prep: Preprocessing, pixels: torch.Tensor) -> dict[str, torch.Tensor
     """Normalise a uint8 batch to the model's float input."""
     mean = torch.tensor(prep.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(prep.image_std).view(1, 3, 1, 1)
-    return {"pixel_values": (pixels.float() / 255.0 - mean) / std}
+    batch: dict[str, Any] = {"pixel_values": (pixels.float() / 255.0 - mean) / std}
+    if prep.interpolate_pos_encoding:
+        batch["interpolate_pos_encoding"] = True
+    return batch

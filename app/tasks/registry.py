@@ -18,13 +18,14 @@ from app.tasks.types import TaskType
 class TaskSpec:
     """How one task loads its model, preprocesses once, and builds a batch."""
 
-    load_model: Callable[[Path, list[str], float | None], tuple[torch.nn.Module, set[str], list[str]]]
+    load_model: Callable[[Path, list[str], float | None, Preprocessing], tuple[torch.nn.Module, set[str], list[str]]]
     load_processor: Callable[[Path], Any]
     make_preprocessing: Callable[[Any, list[str], Any], Preprocessing]
     encode: Callable[[Any, list[Any], Preprocessing], Any]
     collate: Callable[[Any, Preprocessing, Any], dict[str, torch.Tensor]]
     select: Callable[[Any, Sequence[int]], Any]
     record_input: Callable[[Any], Any]
+    save_processor: Callable[[Any, Path, Preprocessing], None]
 
 
 def _select_list(encoded: list, indices: Sequence[int]) -> list:
@@ -44,6 +45,7 @@ TASKS: dict[TaskType, TaskSpec] = {
         collate=lambda processor, prep, batch: text.collate(processor, batch),
         select=_select_list,
         record_input=lambda record: record["text"],
+        save_processor=lambda processor, folder, prep: processor.save_pretrained(str(folder)),
     ),
     TaskType.image_classification: TaskSpec(
         load_model=image.load_model,
@@ -53,6 +55,7 @@ TASKS: dict[TaskType, TaskSpec] = {
         collate=lambda processor, prep, batch: image.collate(prep, batch),
         select=_select_tensor,
         record_input=lambda record: record["image"],
+        save_processor=image.save_processor,
     ),
 }
 

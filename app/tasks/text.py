@@ -13,7 +13,9 @@ from app.tasks.common import Preprocessing, load_with_new_head
 DROPOUT_FIELDS = ("classifier_dropout", "seq_classif_dropout")
 
 
-def load_model(path: Path, labels: list[str], dropout: float | None) -> tuple[torch.nn.Module, set[str], list[str]]:
+def load_model(
+    path: Path, labels: list[str], dropout: float | None, prep: Preprocessing | None = None
+) -> tuple[torch.nn.Module, set[str], list[str]]:
     """The base model with a new head; returns (model, fresh param names, notes for the job's events)."""
     overrides: dict[str, Any] = {}
     notes: list[str] = []

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     predict_max_wait_ms: float = Field(5, ge=0, description="How long a /predict batch waits for more requests")
     predict_workers: int = Field(1, ge=1, description="Forward passes per served model that may run at once")
     predict_threads: int | None = Field(
-        None, ge=1, description="torch threads per /predict forward pass; default: all cores but one"
+        None,
+        ge=1,
+        description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")

@@ -72,10 +72,12 @@ def concat(parts: Sequence[Encoded]) -> Encoded:
 class Batcher:
     """A queue of pending requests for one model and the worker threads that serve them in merged forward passes.
 
-    Each forward runs on `threads` torch intra-op threads (the cache's default: all cores but one). On a 2-core
-    machine one thread served about twice the requests of two: OpenMP's threads meet at a barrier after every
-    op, and each barrier stalls whenever the event loop (or anything else) holds the other core. With several
-    workers, one collects the next batch while the others run theirs (measured no faster on 2 cores).
+    Each forward runs on `threads` torch intra-op threads (the cache's default: all cores). On an otherwise idle
+    2-core machine two threads served 225 req/s at 32 clients against 173 with one (bench/predict.py). When the API
+    shares its cores with other busy processes (a training worker), one thread can serve twice as many as two:
+    OpenMP's threads meet at a barrier after every op, and each barrier stalls whenever another process holds a
+    core; FINETUNE_PREDICT_THREADS=1 is the setting for such a machine. With several workers, one collects the
+    next batch while the others run theirs (measured no faster on 2 cores).
     """
 
     def __init__(

@@ -27,9 +27,8 @@ DEFAULT_MAX_WAIT_MS = 5.0
 
 
 def default_forward_threads() -> int:
-    """All cores but one: the event loop and the request threads need a core of their own (see batcher.py)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    """All the cores this process may use: fastest when the API has the machine to itself (see batcher.py)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass
@@ -79,7 +78,7 @@ class ModelCache:
         threads: int | None = None,
     ) -> None:
         """`workers` forward passes per model may run at once, each on `threads` torch threads (default: all
-        cores but one); a batch merges up to `max_batch` inputs, waiting at most `max_wait_ms` for company."""
+        cores); a batch merges up to `max_batch` inputs, waiting at most `max_wait_ms` for company."""
         self.size = size
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000

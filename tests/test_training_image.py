@@ -134,3 +134,12 @@ def test_plain_transformers_preprocesses_the_exported_model_as_training_did(serv
     assert model.config.id2label == {0: "blue", 1: "red"}
     expected = {model.config.id2label[i]: p for i, p in enumerate(probs)}
     assert {p["label"]: p["score"] for p in served} == pytest.approx(expected, abs=1e-4)
+
+
+def test_batches_with_flags_move_to_an_accelerator():
+    """A ViT batch at another size carries interpolate_pos_encoding=True; moving it off the CPU must keep it."""
+    from worker.training.loop import to_device
+
+    moved = to_device({"pixel_values": torch.zeros(2, 3, 8, 8), "interpolate_pos_encoding": True}, torch.device("meta"))
+    assert moved["pixel_values"].device.type == "meta"
+    assert moved["interpolate_pos_encoding"] is True

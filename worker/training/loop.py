@@ -156,10 +156,11 @@ def epoch_progress(run: Run) -> float:
     return run.state.epoch + run.state.batch_in_epoch / run.steps_per_epoch
 
 
-def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors moved to `device`; flags (interpolate_pos_encoding) as they are."""
     if device.type == "cpu":
         return inputs
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def autocast(device: torch.device) -> torch.autocast:

@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import resource
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -169,3 +171,56 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(lines)
+
+
+# --- running the service as users do (metrics_api.py, predict.py) ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
+    """This process's environment without FINETUNE_* overrides, pointed at the bench's var and models dirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    env.update(
+        FINETUNE_VAR_DIR=str(var_dir),
+        FINETUNE_MODELS_DIR=str(models_dir),
+        FINETUNE_WORKER_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen, path: str = "/readyz", timeout: float = 120) -> None:
+    """Until `url + path` answers (any status below 500), or raise if `proc` exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}{path}", timeout=2).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+def wait_for_job(client, job_id: str, timeout: float) -> dict:  # noqa: ANN001  (an httpx.Client)
+    """The job once it succeeded; raises if it ended otherwise or ran past `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/jobs/{job_id}").json()
+        if body["status"] in {"succeeded", "failed", "cancelled"}:
+            if body["status"] != "succeeded":
+                raise RuntimeError(f"the bench job ended {body['status']}: {body.get('error')}")
+            return body
+        time.sleep(0.3)
+    raise TimeoutError(f"the bench job did not finish in {timeout:.0f} s")

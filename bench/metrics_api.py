@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,42 +41,6 @@ EVAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
 EVAL_EVERY = 500  # steps: an evaluation's 3 rows every 500 steps, like a long job evaluating every few epochs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update(
-        FINETUNE_VAR_DIR=str(var_dir),
-        FINETUNE_MODELS_DIR=str(models_dir),
-        FINETUNE_WORKER_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("the service did not become ready")
-
-
 def run_job(client, models_dir: Path) -> dict:  # noqa: ANN001
     from tests.factories import text_csv
 
@@ -92,16 +55,7 @@ def run_job(client, models_dir: Path) -> dict:  # noqa: ANN001
         "/jobs", json={"dataset_id": dataset.json()["id"], "base_model": "tiny-bert", "hyperparameters": hp}
     )
     job.raise_for_status()
-    job_id = job.json()["id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["status"] in {"succeeded", "failed", "cancelled"}:
-            if body["status"] != "succeeded":
-                raise RuntimeError(f"the bench job ended {body['status']}: {body.get('error')}")
-            return body
-        time.sleep(0.3)
-    raise TimeoutError("the bench job did not finish in 300 s")
+    return C.wait_for_job(client, job.json()["id"], timeout=300)
 
 
 def insert_metrics(database_url: str, job_id: str, rows: int) -> dict:
@@ -224,8 +178,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
     var_dir, models_dir = tmp / "var", tmp / "models"
     build_tiny_text_model(models_dir / "tiny-bert")
-    env = service_env(var_dir, models_dir)
-    port = args.port or free_port()
+    env = C.service_env(var_dir, models_dir)
+    port = args.port or C.free_port()
     url = f"http://127.0.0.1:{port}"
     var_dir.mkdir(parents=True)
     log = open(tmp / "service.log", "wb")  # noqa: SIM115
@@ -236,7 +190,7 @@ def main() -> None:
     )  # fmt: skip
     rows_out = []
     try:
-        wait_ready(url, proc)
+        C.wait_ready(url, proc)
         key = subprocess.run(
             [sys.executable, "-m", "app.cli", "keys", "create", "--team", "bench"],
             env=env, cwd=C.ROOT, capture_output=True, text=True, check=True,

@@ -33,10 +33,8 @@ import contextlib
 import csv
 import io
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +53,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 BASE_MODEL = "minilm-l6"
 TOKENS = 18
@@ -117,40 +117,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def service_env(workdir: Path) -> dict[str, str]:
-    """This process's environment without FINETUNE_* overrides, pointed at the bench's var and models dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update(
-        FINETUNE_VAR_DIR=str(workdir / "var"),
-        FINETUNE_MODELS_DIR=str(workdir / "models"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-def wait_ready(url: str, proc: subprocess.Popen, path: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with code {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}{path}", timeout=2).status_code < 500:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become ready")
-
-
 @contextlib.contextmanager
 def processes() -> Iterator[dict[str, subprocess.Popen]]:
     """Started processes by name; all terminated on the way out."""
@@ -198,15 +164,7 @@ def train_tiny_job(url: str, key: str) -> str:
         spec = {"dataset_id": dataset.json()["id"], "base_model": BASE_MODEL}
         job = client.post("/jobs", json={**spec, "hyperparameters": {"max_steps": 1, "max_length": 64}})
         job.raise_for_status()
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            state = client.get(f"/jobs/{job.json()['id']}").json()
-            if state["status"] in {"succeeded", "failed", "cancelled"}:
-                if state["status"] != "succeeded":
-                    raise RuntimeError(f"the bench job {state['status']}: {state.get('error')}")
-                return state["model_id"]
-            time.sleep(0.5)
-    raise TimeoutError("the bench job did not finish in 600 s")
+        return C.wait_for_job(client, job.json()["id"], timeout=600)["model_id"]
 
 
 def sentences(model_dir: Path) -> list[str]:
@@ -460,11 +418,11 @@ def prepare_workdir(workdir: Path, env: dict[str, str]) -> tuple[str, str]:
         env=env, cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     key = keys.stdout.strip().splitlines()[-1]
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{C.free_port()}"
     with processes() as procs:
         api = start(procs, "setup-api", api_command("127.0.0.1", int(url.rsplit(":", 1)[1])), env, workdir / "logs")
         start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
-        wait_ready(url, api, "/readyz")
+        C.wait_ready(url, api, "/readyz")
         log("training a 1-step MiniLM-L6 job ...")
         model_id = train_tiny_job(url, key)
     state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
@@ -512,13 +470,13 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",")]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))).resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    env = service_env(workdir)
+    env = C.service_env(workdir / "var", workdir / "models")
     log(f"bench folder {workdir}; load generator: {loadgen}")
     try:
         key, model_id = prepare_workdir(workdir, env)
         model_dir = workdir / "var" / "artifacts" / "models" / model_id
         texts = sentences(model_dir)
-        service_port, naive_port = free_port(), free_port()
+        service_port, naive_port = C.free_port(), C.free_port()
         service_url, naive_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{naive_port}"
         api_env = {**env, **dict(item.split("=", 1) for item in args.api_env)}
         with processes() as procs:
@@ -526,8 +484,8 @@ def main() -> int:
             api = start(procs, "api", api_command("127.0.0.1", service_port), api_env, logs)
             naive_command = [py, __file__, "--serve-naive", str(model_dir), str(naive_port), str(args.naive_threads)]
             naive = start(procs, "naive", naive_command, env, logs)
-            wait_ready(service_url, api, "/readyz")
-            wait_ready(naive_url, naive, "/docs")
+            C.wait_ready(service_url, api, "/readyz")
+            C.wait_ready(naive_url, naive, "/docs")
             check_same_answers(service_url, naive_url, key, model_id, texts)
             naive_bodies = [json.dumps({"texts": [t], "top_k": 1}) for t in texts]
             service_bodies = [json.dumps({"model": model_id, "texts": [t], "top_k": 1}) for t in texts]

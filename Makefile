@@ -49,9 +49,12 @@ bench: $(VENV)/.demo-data
 run: install
 	$(PY) -m app.cli up
 
+# Lint and format every Python folder; type-check the service (app, worker) with mypy (settings in pyproject).
+LINTED := app worker tests migrations bench demo
 lint: install
-	$(VENV)/bin/ruff check app worker tests
-	$(VENV)/bin/ruff format --check app worker tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf var .pytest_cache

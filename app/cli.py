@@ -11,6 +11,7 @@ import time
 import typer
 
 from app.config import get_settings
+from app.processes import api_command, stop, worker_command
 
 cli = typer.Typer(help="Self-hosted fine-tuning service.", no_args_is_help=True, add_completion=False)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -50,22 +51,10 @@ def migrate() -> None:
 @cli.command("import-models")
 def import_models() -> None:
     """Put the real MiniLM-L6 and EfficientNet-Lite0 (from their PyPI packages) into the models folder."""
-    from app.base_models import import_all
+    from app.base_models.packaged import import_all
 
     for folder in import_all(get_settings().models_dir):
         typer.echo(f"base model ready: {folder.name}  ({folder})")
-
-
-def worker_command(concurrency_name: str = "worker") -> list[str]:
-    """One worker process: the solo pool keeps CUDA out of forked children; one process per GPU."""
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-P", "solo", "-Q", "training", "--loglevel", "INFO", "-n", f"{concurrency_name}@%h",
-    ]  # fmt: skip
-
-
-def api_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
 
 
 @cli.command()
@@ -87,21 +76,18 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     procs = [subprocess.Popen(worker_command()), subprocess.Popen(api_command(host, port))]
     typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")
 
-    def stop(*_: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+    def on_sigterm(*_: object) -> None:
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        stop()
-        for p in procs:
-            p.wait(timeout=30)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
+        stop(procs, timeout=30)
 
 
 def main() -> None:

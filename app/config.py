@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,13 +15,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINETUNE_", env_file=".env", extra="ignore")
 
-    env: str = Field("dev", description="dev | test | prod; prod refuses embedded defaults")
+    env: Literal["dev", "test", "prod"] = Field("dev", description="prod refuses the embedded defaults")
     var_dir: Path = Field(Path("var"), description="Folder for the embedded SQLite files and artifacts")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under var_dir")
-    broker_url: str | None = Field(None, description="Celery broker; default: SQLAlchemy transport on SQLite")
-    artifacts_url: str | None = Field(None, description="Artifact store: a folder or s3://bucket/prefix")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under var_dir")
+    broker_url: str = Field("", description="Celery broker; empty: SQLAlchemy transport on SQLite")
+    artifacts_url: str = Field(
+        "", description="Artifact store: a folder or s3://bucket/prefix; empty: var_dir/artifacts"
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials: AWS_*")
-    models_dir: Path | None = Field(None, description="Folder of Hugging Face format base models")
+    models_dir: Path = Field(
+        Path(), description="Folder of Hugging Face format base models; unset: var_dir/base-models"
+    )
     model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
     predict_max_batch: int = Field(64, ge=1, description="Most inputs one /predict forward pass merges")
     predict_max_wait_ms: float = Field(5, ge=0, description="How long a /predict batch waits for more requests")
@@ -43,20 +48,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
         self.var_dir = self.var_dir.resolve()
-        if self.env == "prod" and (self.database_url is None or self.broker_url is None):
+        if self.env == "prod" and (not self.database_url or not self.broker_url):
             raise ValueError(
                 "FINETUNE_ENV=prod needs FINETUNE_DATABASE_URL and FINETUNE_BROKER_URL; "
                 "the embedded SQLite defaults are for one machine only"
             )
-        if self.database_url is None:
+        if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'finetune.db'}"
-        if self.broker_url is None:
+        if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
-        if self.artifacts_url is None:
+        if not self.artifacts_url:
             self.artifacts_url = str(self.var_dir / "artifacts")
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("FINETUNE_LEASE_SECONDS must be at least twice FINETUNE_HEARTBEAT_SECONDS")
-        if self.models_dir is None:
+        if self.models_dir == Path():
             self.models_dir = self.var_dir / "base-models"
         return self
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.errors import Unauthorized
-from app.storage import ArtifactStore
-from app.teams.models import Team
+from app.queue import enqueue_training
 from app.teams.service import team_for_key
+from app.teams.tables import Team
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create --team NAME`")
 
@@ -25,21 +26,27 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The API key of an `Authorization: Bearer` header, or 401 (without touching the database)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
+    return credentials.credentials
+
+
 def get_team(
     session: Annotated[Session, Depends(get_session, scope="function")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Team:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    return team_for_key(session, credentials.credentials)
+    return team_for_key(session, bearer_key(credentials))
 
 
 def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+def get_sender(request: Request) -> Callable[[str], None]:
+    """Sends a committed job's id to the training queue (see lifecycle.dispatch)."""
+    return partial(enqueue_training, request.app.state.celery)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -50,5 +57,5 @@ def get_settings_dep(request: Request) -> Settings:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentTeam = Annotated[Team, Depends(get_team)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
+SendJob = Annotated[Callable[[str], None], Depends(get_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -46,8 +46,3 @@ class PayloadTooLarge(AppError):
 class Unauthorized(AppError):
     status = 401
     title = "Unauthorized"
-
-
-class ServiceUnavailable(AppError):
-    status = 503
-    title = "Service unavailable"

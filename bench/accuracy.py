@@ -44,25 +44,22 @@ class BestKeepingHooks:
     def __init__(self, name: str) -> None:
         self.name, self.evals, self.best_state, self.started = name, [], None, time.perf_counter()
 
-    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:  # noqa: ANN001
+    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
         if step % 20 == 0:
             C.log(
                 f"[{self.name}] step {step} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.1f} samples/s"
             )
 
-    def log_eval(self, step, epoch, values) -> None:  # noqa: ANN001
+    def log_eval(self, step, epoch, values) -> None:
         entry = {"step": step, "epoch": round(epoch, 2), **{k: round(v, 4) for k, v in values.items()}}
         entry["elapsed_s"] = round(time.perf_counter() - self.started)
         self.evals.append(entry)
         C.log(f"[{self.name}] eval {entry}")
 
-    def should_stop(self) -> bool:  # older RunHooks protocol
-        return False
-
-    def at_step_boundary(self, run) -> None:  # noqa: ANN001  (newer RunHooks protocol)
+    def at_step_boundary(self, run) -> None:
         pass
 
-    def save_checkpoint(self, run, metric_name, value, is_best) -> None:  # noqa: ANN001
+    def save_checkpoint(self, run, metric_name, value, is_best) -> None:
         if is_best:
             self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
 
@@ -114,7 +111,7 @@ def finetune(name: str, overrides: dict) -> dict:
     }
 
 
-def baseline_features(name: str):  # noqa: ANN201
+def baseline_features(name: str):
     """(x_train, y_train, x_test, y_test, detail) from the frozen pretrained model; cached under the bench dir."""
     import numpy as np
     import torch
@@ -148,7 +145,7 @@ def baseline_features(name: str):  # noqa: ANN201
     else:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        from app.tasks.image import _processor_stats, decode
+        from app.tasktypes.image import _processor_stats, decode
 
         side, mean, std = _processor_stats(AutoImageProcessor.from_pretrained(str(base)))
         model = AutoModelForImageClassification.from_pretrained(str(base)).eval()

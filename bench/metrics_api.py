@@ -7,7 +7,7 @@ What it does, all on loopback, in a temporary FINETUNE_VAR_DIR (the embedded def
   2. starts the service: `python -m app.cli up --port P` (API + one worker), waits for /readyz;
   3. creates a key: `python -m app.cli keys create --team bench`;
   4. uploads a tiny CSV and submits a job (1 epoch), waits until it succeeds;
-  5. bulk-inserts --rows metric rows for that job straight into the database with SQLAlchemy (app.jobs.models.Metric;
+  5. bulk-inserts --rows metric rows for that job straight into the database with SQLAlchemy (app.jobs.tables.Metric;
      train_loss / learning_rate / samples_per_s per step, as the worker writes them);
   6. times --requests sequential requests (keep-alive client, after 10 warm-up requests) for each of:
        default        GET /jobs/{id}/metrics                         (first page, limit 1000)
@@ -41,7 +41,7 @@ EVAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
 EVAL_EVERY = 500  # steps: an evaluation's 3 rows every 500 steps, like a long job evaluating every few epochs
 
 
-def run_job(client, models_dir: Path) -> dict:  # noqa: ANN001
+def run_job(client, models_dir: Path) -> dict:
     from tests.factories import text_csv
 
     dataset = client.post(
@@ -63,7 +63,7 @@ def insert_metrics(database_url: str, job_id: str, rows: int) -> dict:
     from sqlalchemy import func, insert, select
 
     from app.db import Database, utcnow
-    from app.jobs.models import Metric
+    from app.jobs.tables import Metric
 
     db = Database(database_url)
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def insert_metrics(database_url: str, job_id: str, rows: int) -> dict:
             "cursor_near_end": ids[-1] if ids else None}  # fmt: skip
 
 
-def time_requests(client, path: str, params: dict, n: int) -> dict:  # noqa: ANN001
+def time_requests(client, path: str, params: dict, n: int) -> dict:
     for _ in range(10):
         client.get(path, params=params).raise_for_status()
     times, size, items = [], 0, 0
@@ -121,7 +121,7 @@ def diagnose(database_url: str, job_id: str, cases: dict[str, dict]) -> list[dic
     from sqlalchemy import select, text
 
     from app.db import Database
-    from app.jobs.models import Metric
+    from app.jobs.tables import Metric
 
     db = Database(database_url)
     out = []

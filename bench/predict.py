@@ -403,7 +403,7 @@ def table(rows: list[dict]) -> str:
 def prepare_workdir(workdir: Path, env: dict[str, str]) -> tuple[str, str]:
     """MiniLM-L6 as a base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
     Reused when `workdir` already holds them (bench.json)."""
-    from app.base_models import import_minilm
+    from app.base_models.packaged import import_minilm
     from app.cli import api_command, worker_command
 
     state_file = workdir / "bench.json"

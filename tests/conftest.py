@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import processes
+from app.artifacts.store import ArtifactStore
 from app.config import Settings
-from app.storage import ArtifactStore
+from app.db import Database
+from app.migrate import upgrade
+from app.processes import ROOT, api_command, worker_command
 from tests.factories import build_tiny_image_model, build_tiny_text_model, build_tiny_timm_model
-from tests.stacks import Stack, make_stack, process_env
+from tests.stacks import Stack, make_stack, postgres_database, process_env
 
-ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -35,10 +36,8 @@ class Service:
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
         """Start a process of the service (its output goes to var/logs/NAME.log)."""
-        with open(self.var_dir / "logs" / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        self.processes[name] = proc
-        return proc
+        self.processes[name] = processes.start(command, self.env, self.var_dir / "logs" / f"{name}.log")
+        return self.processes[name]
 
     def start_worker(self, name: str) -> subprocess.Popen:
         return self.start(name, worker_command(name))
@@ -61,31 +60,7 @@ class Service:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def new_key(self, team: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--team", team],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return out.stdout.strip().splitlines()[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the API did not become ready")
+        return processes.create_key(self.env, team)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +72,21 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.production)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A freshly migrated database of each kind, used directly (no API, no worker)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'direct.db'}"
+        upgrade(url)
+        yield Database(url)
+        return
+    with postgres_database() as url:
+        upgrade(url)
+        database = Database(url)
+        yield database
+        database.dispose()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The stack this run tests (FINETUNE_TEST_STACK: embedded by default, or production)."""
@@ -106,39 +96,23 @@ def stack() -> Iterator[Stack]:
         yield s
 
 
-def worker_command(name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-Q", "training",
-        "--loglevel", "INFO", "-n", f"{name}@%h",
-    ]  # fmt: skip
-
-
 @contextmanager
 def running_service(
     var_dir: Path, models_dir: Path, stack: Stack, workers: int = 1, settings: dict[str, str] | None = None
 ) -> Iterator[Service]:
     """Migrate, then run the API (uvicorn) and `workers` Celery workers (solo pool) as real processes."""
     env = {**process_env(var_dir, models_dir, stack), **(settings or {})}
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True)
-    port = _free_port()
-    (var_dir / "logs").mkdir(exist_ok=True)
+    subprocess.run(processes.cli_command("migrate"), env=env, cwd=ROOT, check=True)
+    port = processes.free_port()
     service = Service(url=f"http://127.0.0.1:{port}", env=env, var_dir=var_dir, models_dir=models_dir, stack=stack)
-    api = service.start(
-        "api", [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
-    )
+    api = service.start("api", api_command("127.0.0.1", port))
     for n in range(workers):
         service.start_worker(f"worker{n}")
     try:
-        _wait_ready(service.url, api)
+        processes.wait_ready(service.url, api, timeout=60)
         yield service
     finally:
-        for proc in service.processes.values():
-            proc.terminate()
-        for proc in service.processes.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        processes.stop(service.processes.values())
         for name in service.processes:
             tail = (var_dir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
             print(f"\n----- {name}.log (tail) -----\n{tail}")

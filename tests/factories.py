@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from app.db import Database
 
 WORDS = {
     "positive": ["good", "great", "fine", "love", "nice", "happy", "superb", "fun"],
@@ -113,3 +116,23 @@ def image_zip(per_class: int = 20, extra: dict[str, bytes] | None = None) -> byt
         for entry, data in (extra or {}).items():
             zf.writestr(entry, data)
     return buf.getvalue()
+
+
+def insert_job(db: Database, **values: object) -> str:
+    """A job row (of a new team) written straight to the database, with any column set; returns its id."""
+    import app.all_tables  # noqa: F401
+    from app.jobs.tables import TrainingJob
+    from app.teams.tables import Team
+
+    with db.session() as session:
+        team = Team(name=f"team-{uuid.uuid4().hex[:12]}")
+        session.add(team)
+        session.flush()
+        job = TrainingJob(
+            team_id=team.id, dataset_id=None, task="text_classification", base_model="m", hyperparameters={}
+        )
+        for name, value in values.items():
+            setattr(job, name, value)
+        session.add(job)
+        session.flush()
+        return job.id

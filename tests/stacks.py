@@ -106,19 +106,15 @@ def make_stack(name: str = STACK) -> Iterator[Stack]:
 
 def process_env(var_dir: Path, models_dir: Path, stack: Stack) -> dict[str, str]:
     """Environment for API, worker and CLI processes of one test stack."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
-    env.update(
-        FINETUNE_ENV="test",
-        FINETUNE_VAR_DIR=str(var_dir),
-        FINETUNE_MODELS_DIR=str(models_dir),
-        FINETUNE_WORKER_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(stack.env)
-    return env
+    from app.processes import service_env
+
+    settings = {
+        "FINETUNE_ENV": "test",
+        "FINETUNE_VAR_DIR": str(var_dir),
+        "FINETUNE_MODELS_DIR": str(models_dir),
+        "FINETUNE_WORKER_THREADS": "1",
+    }
+    return service_env({**settings, **stack.env})
 
 
 @contextmanager

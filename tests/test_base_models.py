@@ -1,6 +1,6 @@
 """The imported base models are the packaged pretrained models, unchanged, in a form the service loads.
 
-Needs the model packages (see app/base_models.py); a few seconds on CPU.
+Needs the model packages (see app/base_models/packaged.py); a few seconds on CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from app import base_models  # noqa: E402
+from app.base_models import packaged as base_models  # noqa: E402
 
 SENTENCES = [
     "A gripping, beautifully shot film with a terrific lead performance.",
@@ -71,7 +71,7 @@ def test_efficientnet_lite0_loads_in_the_service_with_a_new_head(imported: dict[
     from efficientnet_lite_pytorch import EfficientNet
 
     from app.jobs.schemas import Hyperparameters
-    from app.tasks import image
+    from app.tasktypes import image
 
     original = EfficientNet.from_name("efficientnet-lite0")
     original.load_state_dict(

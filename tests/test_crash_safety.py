@@ -11,6 +11,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from app.artifacts.layout import model_key
 from tests.conftest import running_service, wait_for_job
 from tests.factories import text_csv, text_rows
 from tests.stacks import private_stack
@@ -56,7 +57,7 @@ def _wait_for_step(client, job_id: str, step: int, timeout: float = 120) -> dict
 
 
 def _weights(service, job: dict) -> dict:
-    return load_file(str(service.store().local_dir(f"models/{job['model_id']}") / "model.safetensors"))
+    return load_file(str(service.store().local_dir(model_key(job["model_id"])) / "model.safetensors"))
 
 
 def _kinds(client, job_id: str) -> list[str]:

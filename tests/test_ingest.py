@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.datasets.ingest import SPLITS, parse_upload
 from app.errors import InvalidUpload
-from app.tasks.types import TaskType
+from app.tasktypes.types import TaskType
 
 IMG = TaskType.image_classification
 TXT = TaskType.text_classification

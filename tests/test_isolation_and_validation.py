@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import wait_for_job
-from tests.factories import text_csv
+from tests.factories import image_zip, text_csv
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +105,11 @@ def test_bad_hyperparameters_are_422_naming_the_field(client, team_a_resources, 
     assert field in answer.json()["detail"]
 
 
-def test_unknown_base_model_and_missing_fields(client, team_a_resources):
+def test_unknown_base_model_and_missing_fields(service, client, team_a_resources):
     unknown = client.post("/jobs", json={"dataset_id": team_a_resources["dataset"], "base_model": "no-such-model"})
     assert unknown.status_code == 422
     assert "base_model 'no-such-model'" in unknown.json()["detail"]
+    assert str(service.models_dir) not in unknown.json()["detail"]
     escape = client.post("/jobs", json={"dataset_id": team_a_resources["dataset"], "base_model": "../../etc"})
     assert escape.status_code == 422
     missing = client.post("/jobs", json={"base_model": "tiny-bert"})
@@ -116,6 +117,23 @@ def test_unknown_base_model_and_missing_fields(client, team_a_resources):
     assert "dataset_id" in missing.json()["detail"]
     not_json = client.post("/jobs", content=b"{oops", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
+
+
+def test_a_base_model_for_another_task_is_refused_at_submit(client, team_a_resources):
+    images = client.post("/datasets", files={"file": ("i.zip", image_zip(8))}, data={"task": "image_classification"})
+    text_dataset, image_dataset = team_a_resources["dataset"], images.json()["id"]
+    for dataset_id, base_model, wanted in (
+        (text_dataset, "tiny-vit", "text model"),
+        (text_dataset, "tiny-timm", "text model"),
+        (image_dataset, "tiny-bert", "image model"),
+        (image_dataset, team_a_resources["model"], "image model"),  # a fine-tuned text model, continued
+    ):
+        answer = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": base_model})
+        assert answer.status_code == 422, (base_model, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert f"base_model '{base_model}'" in answer.json()["detail"] and wanted in answer.json()["detail"]
+    jobs = client.get("/jobs", params={"limit": 200}).json()["items"]
+    assert image_dataset not in {j["dataset_id"] for j in jobs}  # nothing was stored
 
 
 def test_jobs_list_pages_and_filters(client, team_a_resources):

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-import app.all_models  # noqa: F401
+import app.all_tables  # noqa: F401
 from app.db import Base
 from app.migrate import downgrade, upgrade
 from tests.stacks import postgres_database

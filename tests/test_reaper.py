@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
-import app.all_models  # noqa: F401
+import app.all_tables  # noqa: F401
 from app.config import Settings
 from app.db import Database, utcnow
-from app.jobs.lifecycle import LostLease, claim_job, heartbeat
-from app.jobs.models import JobEvent, JobStatus, TrainingJob
+from app.jobs.lifecycle import claim, heartbeat
 from app.jobs.reaper import reap
-from app.migrate import upgrade
+from app.jobs.stop_reasons import LostLease
+from app.jobs.tables import JobEvent, JobStatus, TrainingJob
 from app.queue import VISIBILITY_TIMEOUT_S, make_celery
-from app.teams.models import Team
-from tests.stacks import postgres_database
+from tests.factories import insert_job
 
 SETTINGS = Settings(lease_seconds=60, heartbeat_seconds=10, max_restarts=2, requeue_after_seconds=300)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.production)])
-def db(request, tmp_path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'reaper.db'}"
-        upgrade(url)
-        yield Database(url)
-    else:
-        with postgres_database() as url:
-            upgrade(url)
-            database = Database(url)
-            yield database
-            database.dispose()
-
-
-def _job(db: Database, **values) -> str:
-    with db.session() as session:
-        team = Team(name=f"t-{utcnow().timestamp()}")
-        session.add(team)
-        session.flush()
-        job = TrainingJob(
-            team_id=team.id, dataset_id=None, task="text_classification", base_model="m", hyperparameters={}
-        )
-        for name, value in values.items():
-            setattr(job, name, value)
-        session.add(job)
-        session.flush()
-        return job.id
 
 
 def _status(db: Database, job_id: str) -> TrainingJob:
@@ -57,16 +26,17 @@ def _status(db: Database, job_id: str) -> TrainingJob:
 
 def test_reaper_requeues_lost_jobs_and_respects_cancel_and_restart_limits(db):
     old = utcnow() - timedelta(seconds=120)
-    lost = _job(db, status=JobStatus.running, attempt=1, heartbeat_at=old, worker="w1")
-    alive = _job(db, status=JobStatus.running, attempt=1, heartbeat_at=utcnow(), worker="w2")
-    cancelled = _job(db, status=JobStatus.running, attempt=1, heartbeat_at=old, cancel_requested=True)
-    exhausted = _job(db, status=JobStatus.running, attempt=3, heartbeat_at=old, worker="w3")
-    unsent = _job(db, status=JobStatus.queued, enqueued_at=None)
-    recently_sent = _job(db, status=JobStatus.queued, enqueued_at=utcnow())
+    lost = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=old, worker="w1")
+    alive = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=utcnow(), worker="w2")
+    cancelled = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=old, cancel_requested=True)
+    exhausted = insert_job(db, status=JobStatus.running, attempt=3, heartbeat_at=old, worker="w3")
+    unsent = insert_job(db, status=JobStatus.queued, enqueued_at=None)
+    recently_sent = insert_job(db, status=JobStatus.queued, enqueued_at=utcnow())
 
+    sent: list[str] = []
     with db.session() as session:
-        reaped = reap(session, SETTINGS)
-    assert sorted(reaped.to_enqueue) == sorted([lost, unsent])
+        reaped = reap(session, SETTINGS, sent.append)
+    assert sorted(reaped.sent) == sorted(sent) == sorted([lost, unsent])
     assert reaped.cancelled == [cancelled] and reaped.failed == [exhausted]
     assert _status(db, lost).status == "queued" and _status(db, lost).worker is None
     assert _status(db, alive).status == "running"
@@ -76,26 +46,26 @@ def test_reaper_requeues_lost_jobs_and_respects_cancel_and_restart_limits(db):
     assert _status(db, recently_sent).enqueued_at is not None
 
     with db.session() as session:
-        again = reap(session, SETTINGS)
-    assert again.to_enqueue == [] and again.failed == [] and again.cancelled == []
+        again = reap(session, SETTINGS, sent.append)
+    assert again.sent == [] and again.failed == [] and again.cancelled == []
     with db.session() as session:
         kinds = {e.kind for e in session.query(JobEvent).filter(JobEvent.job_id.in_([lost, cancelled, exhausted]))}
     assert kinds == {"requeued", "cancelled", "failed"}
 
 
 def test_a_stale_attempt_can_write_nothing(db):
-    job_id = _job(db, status=JobStatus.queued)
+    job_id = insert_job(db, status=JobStatus.queued)
     with db.session() as session:
-        first = claim_job(session, job_id, "w1")
+        first = claim(session, job_id, "w1")
     with db.session() as session:
-        assert claim_job(session, job_id, "w2") is None  # a duplicate message while it runs does nothing
+        assert claim(session, job_id, "w2") is None  # a duplicate message while it runs does nothing
         session.execute(
             TrainingJob.__table__.update()
             .where(TrainingJob.id == job_id)
             .values(status=JobStatus.queued, heartbeat_at=utcnow() - timedelta(hours=1))
         )
     with db.session() as session:
-        second = claim_job(session, job_id, "w2")
+        second = claim(session, job_id, "w2")
     assert (first, second) == (1, 2)
     with pytest.raises(LostLease), db.session() as session:
         heartbeat(session, job_id, first)

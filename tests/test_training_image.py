@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from app.artifacts.layout import model_key
 from tests.conftest import wait_for_job
 from tests.factories import COLORS, image_bytes, image_zip
 
@@ -58,7 +59,7 @@ def test_image_job_succeeds_evaluating_every_n_steps(client, image_job):
 
 def test_frozen_backbone_left_the_backbone_unchanged(service, client, image_job, models_dir):
     job, _ = image_job
-    folder = service.store().local_dir(f"models/{job['model_id']}")
+    folder = service.store().local_dir(model_key(job["model_id"]))
     tuned = AutoModelForImageClassification.from_pretrained(folder)
     base = AutoModelForImageClassification.from_pretrained(models_dir / "tiny-vit")
     base_params = dict(base.named_parameters())
@@ -117,7 +118,7 @@ def test_plain_transformers_preprocesses_the_exported_model_as_training_did(serv
     )
     job = wait_for_job(client, submitted.json()["id"])
     assert job["status"] == "succeeded", job["error"]
-    folder = service.store().local_dir(f"models/{job['model_id']}")
+    folder = service.store().local_dir(model_key(job["model_id"]))
     processor = AutoImageProcessor.from_pretrained(folder)
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     red = image_bytes(COLORS["red"], seed=97)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from app.artifacts.layout import model_key
 from tests.conftest import wait_for_job
 from tests.factories import text_csv
 
@@ -94,7 +95,7 @@ def test_model_registered_and_loadable_with_plain_transformers(service, client, 
     assert model["task"] == "text_classification"
     assert model["labels"] == ["negative", "positive"]
     assert model["metrics"]["test_accuracy"] == client.get(f"/jobs/{job['id']}/report").json()["accuracy"]
-    folder = service.store().local_dir(f"models/{model['id']}")
+    folder = service.store().local_dir(model_key(model["id"]))
     hf = AutoModelForSequenceClassification.from_pretrained(folder)
     assert hf.config.id2label == {0: "negative", 1: "positive"}
     assert AutoTokenizer.from_pretrained(folder)("good film")["input_ids"]

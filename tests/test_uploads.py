@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from app.artifacts.layout import RECORDS, dataset_key
 from tests.factories import COLORS, image_bytes, image_zip, text_csv, text_jsonl, text_rows
 
 
@@ -108,13 +109,13 @@ def test_dataset_list_get_delete(service, client):
     created = client.post("/datasets", files={"file": ("d.jsonl", text_jsonl())}, data={"task": "text_classification"})
     dataset_id = created.json()["id"]
     store = service.store()
-    assert store.exists(f"datasets/{dataset_id}/records.jsonl")
+    assert store.exists(f"{dataset_key(dataset_id)}/{RECORDS}")
     assert client.get(f"/datasets/{dataset_id}").json()["num_examples"] == 60
     assert dataset_id in [d["id"] for d in client.get("/datasets", params={"limit": 200}).json()["items"]]
     assert client.delete(f"/datasets/{dataset_id}").status_code == 204
     assert client.get(f"/datasets/{dataset_id}").status_code == 404
-    assert not store.exists(f"datasets/{dataset_id}/records.jsonl")
-    assert service.stored_keys(f"datasets/{dataset_id}") == set()
+    assert not store.exists(f"{dataset_key(dataset_id)}/{RECORDS}")
+    assert service.stored_keys(dataset_key(dataset_id)) == set()
 
 
 def test_upload_without_task_or_file_is_422(client):

@@ -9,12 +9,12 @@ from functools import lru_cache
 import torch
 from celery.signals import worker_ready, worker_shutting_down
 
-import app.all_models  # noqa: F401  (every table known to this process)
+import app.all_tables  # noqa: F401  (every table known to this process)
+from app.artifacts.store import ArtifactStore
 from app.config import get_settings
 from app.db import Database
 from app.jobs.reaper import reap
 from app.queue import TRAIN_TASK, enqueue_training
-from app.storage import ArtifactStore
 from worker.celery_app import celery_app
 from worker.hooks import SHUTTING_DOWN
 from worker.runner import run_job
@@ -31,14 +31,14 @@ def _resources() -> tuple[Database, ArtifactStore]:
     return Database(settings.database_url), ArtifactStore.from_settings(settings)
 
 
-def _enqueue(job_id: str) -> None:
+def _send(job_id: str) -> None:
     enqueue_training(celery_app, job_id)
 
 
 @celery_app.task(name=TRAIN_TASK, acks_late=True)
 def train(job_id: str) -> None:
     db, store = _resources()
-    run_job(job_id, get_settings(), db, store, _enqueue)
+    run_job(job_id, get_settings(), db, store, _send)
 
 
 @worker_shutting_down.connect
@@ -51,11 +51,9 @@ def reap_once() -> None:
     """Requeue jobs whose worker was lost, and re-send queued jobs whose message may have been lost."""
     db, _ = _resources()
     with db.session() as session:
-        reaped = reap(session, get_settings())
-    for job_id in reaped.to_enqueue:
-        _enqueue(job_id)
-    if reaped.to_enqueue or reaped.failed or reaped.cancelled:
-        log.info("reaper: re-sent %s, failed %s, cancelled %s", reaped.to_enqueue, reaped.failed, reaped.cancelled)
+        reaped = reap(session, get_settings(), _send)
+    if reaped.sent or reaped.failed or reaped.cancelled:
+        log.info("reaper: sent %s, failed %s, cancelled %s", reaped.sent, reaped.failed, reaped.cancelled)
 
 
 def _reaper_loop() -> None:
@@ -63,7 +61,7 @@ def _reaper_loop() -> None:
     while not SHUTTING_DOWN.wait(interval):
         try:
             reap_once()
-        except Exception as exc:  # noqa: BLE001  (database or broker down: next round)
+        except Exception as exc:  # database or broker down: next round
             log.warning("reaper round failed: %s", exc)
 
 

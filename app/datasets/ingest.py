@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import InvalidUpload
-from app.tasks.types import TaskType
+from app.tasktypes.types import TaskType
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -140,7 +140,7 @@ def _quality_warnings(records: list[Record], labels: list[str], counts: dict[str
         for label, n in totals.items()
         if n < MIN_CLASS_EXAMPLES
     ]
-    largest, smallest = max(totals, key=totals.get), min(totals, key=totals.get)
+    largest, smallest = max(totals, key=totals.__getitem__), min(totals, key=totals.__getitem__)
     if totals[largest] > MAX_IMBALANCE * totals[smallest]:
         warnings.append(
             f"classes are imbalanced: '{largest}' has {totals[largest]} examples but '{smallest}' only "
@@ -253,7 +253,7 @@ def _class_folder_entry(name: str, parts: list[str]) -> tuple[None, str]:
     return None, parts[0]
 
 
-def _split_folder_entry(name: str, parts: list[str]) -> tuple[str, str]:
+def _split_folder_entry(name: str, parts: list[str]) -> tuple[str | None, str]:
     """Layout B: <split>/<class>/<image>."""
     if len(parts) == 2:
         raise InvalidUpload(f'"{name}" is not inside a class folder; put it in {parts[0]}/<class>/{parts[1]}')

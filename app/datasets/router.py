@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from app.datasets import service
-from app.datasets.models import Dataset
 from app.datasets.schemas import DatasetRead
+from app.datasets.tables import Dataset
 from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
-from app.pagination import Page
-from app.tasks.types import TaskType
+from app.pagination import Page, Paging
+from app.tasktypes.types import TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -57,10 +57,9 @@ def upload_dataset(
 def list_datasets(
     team: CurrentTeam,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    page: Paging,
 ) -> Page:
-    items, next_cursor = service.list_datasets(session, team.id, limit, cursor)
+    items, next_cursor = service.list_datasets(session, team.id, page)
     return Page(items=items, next_cursor=next_cursor)
 
 

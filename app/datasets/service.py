@@ -5,14 +5,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.artifacts.layout import dataset_key, write_dataset
+from app.artifacts.store import ArtifactStore
 from app.datasets.ingest import parse_upload
-from app.datasets.models import Dataset
-from app.datasets.store import dataset_key, write_dataset
+from app.datasets.tables import Dataset
 from app.errors import Conflict, InvalidUpload, NotFound
-from app.jobs.models import JobStatus, TrainingJob
-from app.pagination import newest_first
-from app.storage import ArtifactStore
-from app.tasks.types import TaskType
+from app.jobs.tables import JobStatus, TrainingJob
+from app.pagination import PageParams, newest_first
+from app.tasktypes.types import TaskType
 
 
 def create_dataset(
@@ -64,10 +64,10 @@ def get_dataset(session: Session, team_id: str, dataset_id: str) -> Dataset:
     return dataset
 
 
-def list_datasets(session: Session, team_id: str, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
+def list_datasets(session: Session, team_id: str, page: PageParams) -> tuple[list[Dataset], str | None]:
     """Newest first, cursor-paged."""
-    anchor = get_dataset(session, team_id, cursor) if cursor else None
-    return newest_first(session, select(Dataset).where(Dataset.team_id == team_id), Dataset, anchor, limit)
+    anchor = get_dataset(session, team_id, page.cursor) if page.cursor else None
+    return newest_first(session, select(Dataset).where(Dataset.team_id == team_id), Dataset, anchor, page.limit)
 
 
 def delete_dataset(session: Session, store: ArtifactStore, dataset: Dataset) -> None:

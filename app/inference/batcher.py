@@ -173,7 +173,7 @@ class Batcher:
             # One top-k and one copy to Python lists for the whole batch; each request keeps its own k.
             top = probabilities.topk(min(max(p.top_k for p in batch), probabilities.shape[1]), dim=1)
             scores, indices = top.values.tolist(), top.indices.tolist()
-        except BaseException as exc:  # noqa: BLE001  (handed to every waiting request, which re-raises it)
+        except BaseException as exc:  # handed to every waiting request, which re-raises it
             self._resolve(batch, [exc] * len(batch))
             return
         results: list[BatchResult | BaseException] = []

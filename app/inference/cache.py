@@ -14,9 +14,9 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, PreparingCounter
-from app.tasks.common import Preprocessing
-from app.tasks.registry import TaskSpec, task_spec
-from app.tasks.types import TaskType
+from app.tasktypes.common import Preprocessing
+from app.tasktypes.specs import TaskSpec, task_spec
+from app.tasktypes.types import TaskType
 
 AUTO_CLASSES = {
     TaskType.text_classification: AutoModelForSequenceClassification,
@@ -44,7 +44,7 @@ class LoadedModel:
         """Inputs preprocessed once (token ids, or decoded uint8 images), ready to be merged with others'."""
         try:
             return self.spec.encode(self.processor, inputs, self.prep)
-        except Exception as exc:  # noqa: BLE001  (undecodable image and the like)
+        except Exception as exc:  # undecodable image and the like
             raise InvalidInput(f"Could not read the inputs: {exc}. Send JPEG/PNG images or UTF-8 text.") from exc
 
     def forward(self, encoded: Any) -> torch.Tensor:
@@ -114,7 +114,8 @@ class ModelCache:
                 self._models[model_id] = loaded
                 while len(self._models) > self.size:
                     _, evicted = self._models.popitem(last=False)
-                    evicted.batcher.close()
+                    if evicted.batcher is not None:
+                        evicted.batcher.close()
                 self._loading.pop(model_id, None)
             return loaded
 
@@ -122,4 +123,5 @@ class ModelCache:
         """Stop every batcher thread once its pending requests are served (app shutdown)."""
         with self._lock:
             for loaded in self._models.values():
-                loaded.batcher.close()
+                if loaded.batcher is not None:
+                    loaded.batcher.close()

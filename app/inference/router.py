@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import bearer, get_team
+from app.deps import bearer, bearer_key, get_team
 from app.errors import InvalidInput
 from app.inference import service
 from app.inference.cache import ModelCache
@@ -90,9 +90,7 @@ def _authorize_and_prepare(
 )
 async def predict_endpoint(request: Request, response: Response, credentials: BearerCredentials) -> dict:
     """Top-k labels for each input; concurrent requests for one model share forward passes (X-Batch-* headers)."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        # get_team answers these without touching the database: the 401 comes before any upload is read.
-        get_team(None, credentials)
+    bearer_key(credentials)  # a 401 before any upload is read
     cache: ModelCache = request.app.state.model_cache
     with cache.preparing:  # the batcher waits for company only while some request is still on its way
         raw = await _read(request)

@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.errors import InvalidInput
 from app.inference.batcher import BatchResult
 from app.inference.cache import LoadedModel, ModelCache
-from app.models.service import resolve_model
-from app.storage import ArtifactStore
-from app.tasks.types import TaskType
+from app.registry.service import resolve_model
+from app.tasktypes.types import TaskType
 
 MAX_INPUTS = 256
 

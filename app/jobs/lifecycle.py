@@ -1,52 +1,195 @@
-"""Job state transitions a worker makes; every write after the claim is fenced by the attempt number."""
+"""Every change of a job's status, in one module: the table below is the whole state machine.
+
+    from      event            to          who      function
+    ----      -----            --          ---      --------
+    (new)     submit           queued      API      submit
+    queued    cancel           cancelled   API      request_cancel
+    running   cancel           running     API      request_cancel (a flag; the worker stops at a step boundary)
+    queued    claim            running     worker   claim
+    running   succeed          succeeded   worker   finish
+    running   fail             failed      worker   finish
+    running   stop_cancelled   cancelled   worker   finish
+    running   hand_back        queued      worker   hand_back (SIGTERM: checkpointed, back to the queue)
+    running   lease_lost       queued      reaper   reclaim_lost (resumes from its last checkpoint)
+    running   lost_cancelled   cancelled   reaper   reclaim_lost (its worker died while it was being cancelled)
+    running   lost_for_good    failed      reaper   reclaim_lost (after FINETUNE_MAX_RESTARTS lost workers)
+
+Each transition is one conditional UPDATE on the status the table names (`_move`), so two processes can never both
+make one; a worker's are also fenced by its attempt number and raise LostLease when the job is no longer its own.
+A queued job reaches the broker only through `dispatch`, called after the commit, which stamps `enqueued_at`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
-from app.jobs.models import Checkpoint, JobEvent, JobStatus, Metric, TrainingJob
+from app.config import Settings
+from app.db import rows_changed, utcnow
+from app.errors import Conflict
+from app.jobs.stop_reasons import LostLease
+from app.jobs.tables import JobEvent, JobStatus, TrainingJob
+
+log = logging.getLogger(__name__)
 
 
-class LostLease(Exception):
-    """This worker's attempt no longer owns the job (it was reclaimed or finished elsewhere)."""
+class Event(StrEnum):
+    submit = "submit"
+    cancel = "cancel"
+    claim = "claim"
+    succeed = "succeed"
+    fail = "fail"
+    stop_cancelled = "stop_cancelled"
+    hand_back = "hand_back"
+    lease_lost = "lease_lost"
+    lost_cancelled = "lost_cancelled"
+    lost_for_good = "lost_for_good"
 
 
-def claim_job(session: Session, job_id: str, worker: str) -> int | None:
-    """Take a queued job: a conditional UPDATE bumps the attempt; None if it is not ours to run."""
+@dataclass(frozen=True)
+class Transition:
+    source: JobStatus | None  # None: the job does not exist yet
+    target: JobStatus
+    who: str
+
+
+TRANSITIONS: dict[Event, Transition] = {
+    Event.submit: Transition(None, JobStatus.queued, "API"),
+    Event.cancel: Transition(JobStatus.queued, JobStatus.cancelled, "API"),
+    Event.claim: Transition(JobStatus.queued, JobStatus.running, "worker"),
+    Event.succeed: Transition(JobStatus.running, JobStatus.succeeded, "worker"),
+    Event.fail: Transition(JobStatus.running, JobStatus.failed, "worker"),
+    Event.stop_cancelled: Transition(JobStatus.running, JobStatus.cancelled, "worker"),
+    Event.hand_back: Transition(JobStatus.running, JobStatus.queued, "worker"),
+    Event.lease_lost: Transition(JobStatus.running, JobStatus.queued, "reaper"),
+    Event.lost_cancelled: Transition(JobStatus.running, JobStatus.cancelled, "reaper"),
+    Event.lost_for_good: Transition(JobStatus.running, JobStatus.failed, "reaper"),
+}
+# What the event row a finishing worker writes is called.
+FINISH_EVENT_KIND = {Event.succeed: "succeeded", Event.fail: "failed", Event.stop_cancelled: "cancelled"}
+
+
+def _move(session: Session, job_id: str, event: Event, *where: ColumnElement[bool], **values: Any) -> bool:
+    """Apply `event` to the job if it is in the table's source state (and `where` holds); True if it moved."""
+    t = TRANSITIONS[event]
+    statement = (
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == t.source, *where)
+        .values(status=t.target, **values)
+    )
+    return rows_changed(session, statement) == 1
+
+
+def _event(session: Session, job_id: str, kind: str, message: str, attempt: int = 0) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+
+
+# --- the API ------------------------------------------------------------------------------------------------------
+
+
+def submit(
+    session: Session, *, team_id: str, dataset_id: str, task: str, base_model: str, hyperparameters: dict
+) -> TrainingJob:
+    """A new job row, queued (not yet sent: `dispatch` it after the commit)."""
+    job = TrainingJob(
+        team_id=team_id,
+        dataset_id=dataset_id,
+        task=task,
+        base_model=base_model,
+        hyperparameters=hyperparameters,
+        status=TRANSITIONS[Event.submit].target,
+    )
+    session.add(job)
+    session.flush()
+    _event(session, job.id, "queued", f"queued: {base_model} on dataset {dataset_id}")
+    return job
+
+
+def request_cancel(session: Session, job: TrainingJob) -> TrainingJob:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops at the next step."""
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise Conflict(f"Job '{job.id}' already {job.status}; only queued or running jobs can be cancelled.")
+    if job.status == JobStatus.cancelled:
+        return job
+    session.execute(update(TrainingJob).where(TrainingJob.id == job.id).values(cancel_requested=True))
+    _move(session, job.id, Event.cancel, finished_at=utcnow())
+    _event(session, job.id, "cancel_requested", "cancel requested", job.attempt)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+class Sending(StrEnum):
+    sent = "sent"
+    skipped = "skipped"  # not queued any more, or sent recently (by another reaper)
+    broker_down = "broker_down"
+
+
+def dispatch(
+    session: Session, job_id: str, send: Callable[[str], None], *, resend_before: datetime | None = None
+) -> Sending:
+    """The one way a queued job's id reaches the broker; call it with the job row committed.
+
+    Stamps `enqueued_at` with a conditional UPDATE (of several reapers, one sends), commits, then sends. If the
+    broker is down the stamp is cleared, so the next reaper round sends it again."""
+    not_sent: ColumnElement[bool] = TrainingJob.enqueued_at.is_(None)
+    if resend_before is not None:
+        not_sent = not_sent | (TrainingJob.enqueued_at < resend_before)
+    stamp = utcnow()
+    taken = rows_changed(
+        session,
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued, not_sent)
+        .values(enqueued_at=stamp),
+    )
+    session.commit()
+    if not taken:
+        return Sending.skipped
+    try:
+        send(job_id)
+    except Exception as exc:  # any broker failure: the job stays queued and is re-sent later
+        log.warning("could not send job %s to the broker: %s", job_id, exc)
+        session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.enqueued_at == stamp)
+            .values(enqueued_at=None)
+        )
+        if resend_before is None:  # the first send says so once; the reaper's retries only log
+            _event(session, job_id, "enqueue_failed", f"the broker is unreachable ({exc.__class__.__name__}); "
+                   "the job stays queued and will be sent when it is back")  # fmt: skip
+        session.commit()
+        return Sending.broker_down
+    return Sending.sent
+
+
+# --- a worker -----------------------------------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: str, worker: str) -> int | None:
+    """Take a queued job by bumping its attempt; returns the attempt, or None if it is not ours to run."""
     job = session.get(TrainingJob, job_id)
     if job is None or job.status != JobStatus.queued or job.cancel_requested:
         return None
     attempt, now = job.attempt + 1, utcnow()
-    claimed = session.execute(
-        update(TrainingJob)
-        .where(
-            TrainingJob.id == job_id,
-            TrainingJob.attempt == attempt - 1,
-            TrainingJob.status == JobStatus.queued,
-            TrainingJob.cancel_requested.is_(False),
-        )
-        .values(
-            status=JobStatus.running,
-            attempt=attempt,
-            worker=worker,
-            heartbeat_at=now,
-            started_at=job.started_at or now,
-        )
-    ).rowcount
+    claimed = _move(
+        session, job_id, Event.claim, TrainingJob.attempt == job.attempt, TrainingJob.cancel_requested.is_(False),
+        attempt=attempt, worker=worker, heartbeat_at=now, started_at=job.started_at or now,
+    )  # fmt: skip
     if not claimed:
         return None
-    session.add(
-        JobEvent(job_id=job_id, kind="claimed", message=f"claimed by {worker} (attempt {attempt})", attempt=attempt)
-    )
+    _event(session, job_id, "claimed", f"claimed by {worker} (attempt {attempt})", attempt)
     return attempt
 
 
-def _fence(job_id: str, attempt: int) -> Any:
+def owned_by(job_id: str, attempt: int) -> ColumnElement[bool]:
+    """The fence of every write a worker makes after its claim: still this attempt, still running."""
     return (TrainingJob.id == job_id) & (TrainingJob.attempt == attempt) & (TrainingJob.status == JobStatus.running)
 
 
@@ -54,7 +197,7 @@ def heartbeat(session: Session, job_id: str, attempt: int, **progress: Any) -> b
     """Renew the lease and record progress; returns whether a cancel was requested. Raises LostLease."""
     row = session.execute(
         update(TrainingJob)
-        .where(_fence(job_id, attempt))
+        .where(owned_by(job_id, attempt))
         .values(heartbeat_at=utcnow(), **progress)
         .returning(TrainingJob.cancel_requested)
     ).first()
@@ -63,101 +206,46 @@ def heartbeat(session: Session, job_id: str, attempt: int, **progress: Any) -> b
     return bool(row[0])
 
 
-def write_metrics(session: Session, job_id: str, attempt: int, rows: list[dict], **progress: Any) -> bool:
-    """Fenced batch insert of metric rows (and a heartbeat); returns whether a cancel was requested."""
-    cancel = heartbeat(session, job_id, attempt, **progress)
-    if rows:
-        session.execute(insert(Metric), [{"job_id": job_id, **row} for row in rows])
-    return cancel
-
-
-def add_event(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
-    """An event from the attempt that owns the job (fenced: a stale trainer raises LostLease)."""
-    heartbeat(session, job_id, attempt)
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
-
-
-def add_event_unfenced(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
-    """An event written in the same transaction as a fenced state change (which already proved ownership)."""
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
-
-
-def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:
-    return list(
-        session.scalars(
-            select(Checkpoint)
-            .where(Checkpoint.job_id == job_id)
-            .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
-        )
-    )
-
-
-def rewind_to(session: Session, job_id: str, attempt: int, step: int, epoch: int) -> None:
-    """Resuming at `step`: drop what a lost attempt logged after it, so the series has no duplicates."""
-    heartbeat(session, job_id, attempt, step=step, epoch=epoch)
-    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
-
-
-def drop_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> None:
-    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id))
+def finish(session: Session, job_id: str, attempt: int, event: Event, message: str, **values: Any) -> None:
+    """This attempt's final state (succeed, fail, stop_cancelled) and its event. Raises LostLease."""
+    if event not in FINISH_EVENT_KIND:
+        raise ValueError(f"{event} does not finish a job")
+    if not _move(session, job_id, event, TrainingJob.attempt == attempt, finished_at=utcnow(), **values):
+        raise LostLease(job_id)
+    _event(session, job_id, FINISH_EVENT_KIND[event], message, attempt)
 
 
 def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> None:
-    """Give a running job back to the queue at once (worker shutting down). Raises LostLease."""
-    done = session.execute(
-        update(TrainingJob)
-        .where(_fence(job_id, attempt))
-        .values(status=JobStatus.queued, worker=None, enqueued_at=utcnow())
-    ).rowcount
-    if not done:
+    """Give a running job back to the queue (this worker is shutting down); `dispatch` it next. Raises LostLease."""
+    if not _move(session, job_id, Event.hand_back, TrainingJob.attempt == attempt, worker=None, enqueued_at=None):
         raise LostLease(job_id)
-    session.add(JobEvent(job_id=job_id, kind="handed_back", message=reason, attempt=attempt))
+    _event(session, job_id, "handed_back", reason, attempt)
 
 
-def record_checkpoint(
-    session: Session,
-    job_id: str,
-    attempt: int,
-    *,
-    step: int,
-    epoch: int,
-    key: str,
-    manifest_sha256: str,
-    kind: str = "evaluation",
-    metric: str | None = None,
-    value: float | None = None,
-    best: bool = False,
-) -> list[str]:
-    """Record a checkpoint already complete in the store; keep the best and the newest. Returns keys to delete."""
-    heartbeat(session, job_id, attempt)
-    if best:
-        session.execute(update(Checkpoint).where(Checkpoint.job_id == job_id).values(is_best=False))
-    session.add(
-        Checkpoint(
-            job_id=job_id,
-            step=step,
-            epoch=epoch,
-            storage_key=key,
-            kind=kind,
-            metric_name=metric,
-            metric_value=value,
-            is_best=best,
-            manifest_sha256=manifest_sha256,
-        )  # fmt: skip
-    )
-    session.flush()
-    rows = checkpoints_newest_first(session, job_id)
-    stale = [c for c in rows[1:] if not c.is_best]
-    for c in stale:
-        session.delete(c)
-    return [c.storage_key for c in stale if c.storage_key != key]
+# --- the reaper ---------------------------------------------------------------------------------------------------
 
 
-def finish_job(session: Session, job_id: str, attempt: int, status: JobStatus, **values: Any) -> None:
-    """The final state of this attempt (succeeded, failed, cancelled). Raises LostLease."""
-    finished_at: datetime = utcnow()
-    done = session.execute(
-        update(TrainingJob).where(_fence(job_id, attempt)).values(status=status, finished_at=finished_at, **values)
-    ).rowcount
-    if not done:
-        raise LostLease(job_id)
+def reclaim_lost(session: Session, job: TrainingJob, settings: Settings, now: datetime) -> Event | None:
+    """A running job whose lease expired: requeue it, or end it if it was being cancelled or has used up its
+    restarts. Returns the event applied, None if another reaper (or a late heartbeat) got there first."""
+    lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
+    values: dict[str, Any] = {"finished_at": now}
+    if job.cancel_requested:
+        event, kind, message = (
+            Event.lost_cancelled,
+            "cancelled",
+            f"{lost}; it was being cancelled, so it stays cancelled",
+        )
+    elif job.attempt > settings.max_restarts:
+        event, kind = Event.lost_for_good, "failed"
+        message = f"{lost}; gave up after {settings.max_restarts} restarts (FINETUNE_MAX_RESTARTS)"
+        values["error"] = message
+    else:
+        event, kind, message = Event.lease_lost, "requeued", f"{lost}; requeued to resume from its last checkpoint"
+        values = {"worker": None, "enqueued_at": None}
+    lease_cutoff = now - timedelta(seconds=settings.lease_seconds)
+    fence = (TrainingJob.attempt == job.attempt, TrainingJob.heartbeat_at < lease_cutoff)
+    if not _move(session, job.id, event, *fence, **values):
+        return None
+    _event(session, job.id, kind, message, job.attempt)
+    return event

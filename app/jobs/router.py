@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CeleryDep, CurrentTeam, SessionDep, SettingsDep, StoreDep
-from app.jobs import service
-from app.jobs.models import JobStatus, TrainingJob
+from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep
+from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
-from app.pagination import Page
+from app.jobs.tables import JobStatus, TrainingJob
+from app.pagination import Page, PageParams, Paging, paging
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -20,24 +20,20 @@ def valid_job(job_id: str, team: CurrentTeam, session: SessionDep) -> TrainingJo
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
+MetricPaging = Annotated[PageParams, paging(1000, 10000)]
+EventPaging = Annotated[PageParams, paging(100, 1000)]
 
 
 @router.post("", status_code=201, response_model=JobRead)
 def submit_job(
-    spec: JobCreate, team: CurrentTeam, session: SessionDep, store: StoreDep, celery: CeleryDep, settings: SettingsDep
+    spec: JobCreate, team: CurrentTeam, session: SessionDep, send: SendJob, settings: SettingsDep
 ) -> TrainingJob:
-    return service.create_job(session, store, celery, settings, team.id, spec)
+    return service.create_job(session, send, settings, team.id, spec)
 
 
 @router.get("", response_model=Page[JobRead])
-def list_jobs(
-    team: CurrentTeam,
-    session: SessionDep,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-) -> Page:
-    items, next_cursor = service.list_jobs(session, team.id, status, limit, cursor)
+def list_jobs(team: CurrentTeam, session: SessionDep, page: Paging, status: JobStatus | None = None) -> Page:
+    items, next_cursor = service.list_jobs(session, team.id, status, page)
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -48,19 +44,18 @@ def read_job(job: ValidJob) -> TrainingJob:
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job: ValidJob, session: SessionDep) -> TrainingJob:
-    return service.cancel_job(session, job)
+    return lifecycle.request_cancel(session, job)
 
 
 @router.get("/{job_id}/metrics", response_model=Page[MetricRead])
 def read_metrics(
     job: ValidJob,
     session: SessionDep,
-    name: str | None = None,
-    after_step: Annotated[int | None, Query(ge=-1)] = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    cursor: Annotated[int | None, Query(ge=0)] = None,
+    page: MetricPaging,
+    name: Annotated[str | None, Query(max_length=40)] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
 ) -> Page:
-    items, next_cursor = service.list_metrics(session, job, name, after_step, limit, cursor)
+    items, next_cursor = service.list_metrics(session, job, name, after_step, page)
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -70,13 +65,8 @@ def read_checkpoints(job: ValidJob, session: SessionDep) -> list:
 
 
 @router.get("/{job_id}/events", response_model=Page[EventRead])
-def read_events(
-    job: ValidJob,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[int | None, Query(ge=0)] = None,
-) -> Page:
-    items, next_cursor = service.list_events(session, job, limit, cursor)
+def read_events(job: ValidJob, session: SessionDep, page: EventPaging) -> Page:
+    items, next_cursor = service.list_events(session, job, page)
     return Page(items=items, next_cursor=next_cursor)
 
 

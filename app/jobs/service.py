@@ -1,61 +1,82 @@
-"""Job rules: submit (enqueue after commit), read, cancel, and the run's metrics, checkpoints and events."""
+"""Job rules: submit, read, and the run's metrics, checkpoints and events; the spec a worker runs."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from app.base_models.resolve import BaseModelRef, check_base_model, find_base_model
 from app.config import Settings
 from app.datasets.service import get_dataset
-from app.db import utcnow
-from app.errors import Conflict, NotFound
-from app.jobs.models import FINISHED, Checkpoint, JobEvent, JobStatus, Metric, TrainingJob
-from app.jobs.schemas import JobCreate
-from app.models.resolve import resolve_base_model
-from app.pagination import newest_first
-from app.queue import enqueue_training
-from app.storage import ArtifactStore
-
-log = logging.getLogger(__name__)
+from app.datasets.tables import Dataset
+from app.errors import NotFound
+from app.jobs import lifecycle
+from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.stop_reasons import JobFailed
+from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
+from app.pagination import PageParams, newest_first
+from app.tasktypes.types import TaskType
 
 
 def create_job(
-    session: Session, store: ArtifactStore, celery: Celery, settings: Settings, team_id: str, spec: JobCreate
+    session: Session, send: Callable[[str], None], settings: Settings, team_id: str, spec: JobCreate
 ) -> TrainingJob:
-    """Check the spec against what exists, commit the job row, then enqueue its id."""
+    """Check the spec against what exists, commit the job row, then send its id to the workers."""
     dataset = get_dataset(session, team_id, spec.dataset_id)
-    resolve_base_model(session, store, settings.models_dir, team_id, spec.base_model)
-    job = TrainingJob(
+    task = TaskType(dataset.task)
+    check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
+    job = lifecycle.submit(
+        session,
         team_id=team_id,
         dataset_id=dataset.id,
-        task=dataset.task,
+        task=task,
         base_model=spec.base_model,
-        hyperparameters=spec.hyperparameters.for_task(dataset.task).model_dump(mode="json"),
-        status=JobStatus.queued,
+        hyperparameters=spec.hyperparameters.for_task(task).model_dump(mode="json"),
     )
-    session.add(job)
-    session.flush()
-    session.add(JobEvent(job_id=job.id, kind="queued", message=f"queued: {spec.base_model} on dataset {dataset.id}"))
     session.commit()
-    send_to_queue(session, celery, job)
+    lifecycle.dispatch(session, job.id, send)
+    session.refresh(job)
     return job
 
 
-def send_to_queue(session: Session, celery: Celery, job: TrainingJob) -> None:
-    """Send the committed job's id; if the broker is down the job stays queued and a worker's reaper re-sends it."""
-    try:
-        enqueue_training(celery, job.id)
-    except Exception as exc:  # noqa: BLE001  (any broker failure)
-        log.warning("could not enqueue job %s: %s", job.id, exc)
-        session.add(
-            JobEvent(job_id=job.id, kind="enqueue_failed", message=f"broker unreachable ({exc}); will be re-sent")
-        )
-    else:
-        job.enqueued_at = utcnow()
-    session.commit()
+@dataclass(frozen=True)
+class JobSpec:
+    """What a worker needs to run a job, read in one go: nothing ORM reaches the runner."""
+
+    job_id: str
+    team_id: str
+    task: TaskType
+    base_model: BaseModelRef
+    hyperparameters: Hyperparameters
+    dataset_key: str
+    dataset_name: str
+    labels: list[str]
+
+
+def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
+    """The job's spec as the worker runs it; JobFailed (with what to do) if its dataset or base model is gone."""
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise JobFailed("the job was deleted")
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    if dataset is None:
+        raise JobFailed("the job's dataset was deleted; upload it again and submit a new job")
+    base = find_base_model(session, settings.models_dir, job.team_id, job.base_model)
+    if base is None:
+        raise JobFailed(f"base model '{job.base_model}' is no longer available; submit the job with another one")
+    return JobSpec(
+        job_id=job.id,
+        team_id=job.team_id,
+        task=TaskType(job.task),
+        base_model=base,
+        hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        dataset_key=dataset.storage_key,
+        dataset_name=dataset.name,
+        labels=list(dataset.labels),
+    )
 
 
 def get_job(session: Session, team_id: str, job_id: str) -> TrainingJob:
@@ -67,37 +88,18 @@ def get_job(session: Session, team_id: str, job_id: str) -> TrainingJob:
 
 
 def list_jobs(
-    session: Session, team_id: str, status: str | None, limit: int, cursor: str | None
+    session: Session, team_id: str, status: str | None, page: PageParams
 ) -> tuple[list[TrainingJob], str | None]:
     """Newest first, cursor-paged, optionally one status only."""
     query = select(TrainingJob).where(TrainingJob.team_id == team_id)
     if status:
         query = query.where(TrainingJob.status == status)
-    anchor = get_job(session, team_id, cursor) if cursor else None
-    return newest_first(session, query, TrainingJob, anchor, limit)
-
-
-def cancel_job(session: Session, job: TrainingJob) -> TrainingJob:
-    """A queued job is cancelled at once; a running one is flagged and stops at its next step boundary."""
-    if job.status in FINISHED:
-        if job.status == JobStatus.cancelled:
-            return job
-        raise Conflict(f"Job '{job.id}' already {job.status}; only queued or running jobs can be cancelled.")
-    now = utcnow()
-    session.execute(update(TrainingJob).where(TrainingJob.id == job.id).values(cancel_requested=True))
-    session.execute(
-        update(TrainingJob)
-        .where(TrainingJob.id == job.id, TrainingJob.status == JobStatus.queued)
-        .values(status=JobStatus.cancelled, finished_at=now)
-    )
-    session.add(JobEvent(job_id=job.id, kind="cancel_requested", message="cancel requested", attempt=job.attempt))
-    session.flush()
-    session.refresh(job)
-    return job
+    anchor = get_job(session, team_id, page.cursor) if page.cursor else None
+    return newest_first(session, query, TrainingJob, anchor, page.limit)
 
 
 def list_metrics(
-    session: Session, job: TrainingJob, name: str | None, after_step: int | None, limit: int, cursor: int | None
+    session: Session, job: TrainingJob, name: str | None, after_step: int | None, page: PageParams
 ) -> tuple[list[Metric], str | None]:
     """Metric rows in the order written (step order), filtered by name and step, cursor-paged by row id."""
     query = select(Metric).where(Metric.job_id == job.id)
@@ -105,10 +107,7 @@ def list_metrics(
         query = query.where(Metric.name == name)
     if after_step is not None:
         query = query.where(Metric.step > after_step)
-    if cursor is not None:
-        query = query.where(Metric.id > cursor)
-    rows = list(session.scalars(query.order_by(Metric.id).limit(limit + 1)))
-    return rows[:limit], (str(rows[limit - 1].id) if len(rows) > limit else None)
+    return _rows_after(session, query, Metric, page)
 
 
 def list_checkpoints(session: Session, job: TrainingJob) -> list[Checkpoint]:
@@ -119,14 +118,18 @@ def list_checkpoints(session: Session, job: TrainingJob) -> list[Checkpoint]:
     )
 
 
-def list_events(
-    session: Session, job: TrainingJob, limit: int, cursor: int | None
-) -> tuple[list[JobEvent], str | None]:
-    query = select(JobEvent).where(JobEvent.job_id == job.id)
-    if cursor is not None:
-        query = query.where(JobEvent.id > cursor)
-    rows = list(session.scalars(query.order_by(JobEvent.id).limit(limit + 1)))
-    return rows[:limit], (str(rows[limit - 1].id) if len(rows) > limit else None)
+def list_events(session: Session, job: TrainingJob, page: PageParams) -> tuple[list[JobEvent], str | None]:
+    """The job's story in the order it happened, cursor-paged by row id."""
+    return _rows_after(session, select(JobEvent).where(JobEvent.job_id == job.id), JobEvent, page)
+
+
+def _rows_after(session: Session, query: Select, entity: type[Metric] | type[JobEvent], page: PageParams) -> tuple:
+    """A page of rows in the order written (by row id), after the cursor's row."""
+    after = page.row_id()
+    if after is not None:
+        query = query.where(entity.id > after)
+    rows = list(session.scalars(query.order_by(entity.id).limit(page.limit + 1)))
+    return rows[: page.limit], (str(rows[page.limit - 1].id) if len(rows) > page.limit else None)
 
 
 def get_report(job: TrainingJob) -> dict:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Unauthorized
-from app.teams.models import ApiKey, Team
+from app.teams.tables import ApiKey, Team
 
 KEY_PREFIX = "ftk_"
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "43e705c32f3b"
 down_revision: str | None = "a571603b463e"
 branch_labels: str | Sequence[str] | None = None

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from app.tasks.common import Preprocessing
-from app.tasks.registry import TaskSpec
+from app.tasktypes.common import Preprocessing
+from app.tasktypes.specs import TaskSpec
 
 SPLITS = ("train", "val", "test")
 

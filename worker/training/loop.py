@@ -10,19 +10,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from app.jobs.schemas import Hyperparameters
-from app.tasks.common import Preprocessing
-from app.tasks.registry import TaskSpec
+from app.tasktypes.common import Preprocessing
+from app.tasktypes.specs import TaskSpec
 from worker.training.data import SplitData, batches, epoch_order
 from worker.training.evaluation import summary_metrics
 from worker.training.state import FitState
 
 MINIMIZED = {"val_loss"}
-
-
-class JobCancelled(Exception):
-    """The user cancelled the job; raised at a step boundary."""
 
 
 class RunHooks(Protocol):
@@ -31,7 +28,7 @@ class RunHooks(Protocol):
     def log_step(self, step: int, epoch: float, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_eval(self, step: int, epoch: float, values: dict[str, float]) -> None: ...
     def at_step_boundary(self, run: Run) -> None:
-        """May raise to stop the run here (JobCancelled, or the runner's own reasons)."""
+        """May raise to stop the run here (app.jobs.stop_reasons: cancelled, handed back, lease lost)."""
 
     def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None: ...
 
@@ -40,7 +37,7 @@ class RunHooks(Protocol):
 class Run:
     """Everything one training run holds; `state` is what changes."""
 
-    model: torch.nn.Module
+    model: PreTrainedModel
     optimizer: torch.optim.Optimizer
     scheduler: Any
     spec: TaskSpec
@@ -62,7 +59,7 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
     """Train until the epochs or max_steps are done, early stopping fires, or the user cancels."""
     s, hp = run.state, run.hp
     run.model.train()
-    while s.epoch < hp.epochs and s.step < run.total_steps and not s.stopped_early:
+    while s.step < run.total_steps and not s.stopped_early:
         order = epoch_order(len(run.splits["train"]), hp.seed, s.epoch)
         for inputs, labels in batches(
             run.splits["train"], run.spec, run.processor, run.prep, hp.batch_size, order, start=s.batch_in_epoch

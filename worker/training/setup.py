@@ -11,8 +11,8 @@ import torch
 from transformers import get_scheduler
 
 from app.jobs.schemas import Hyperparameters
-from app.tasks.common import head_parameter_names
-from app.tasks.registry import task_spec
+from app.tasktypes.common import head_parameter_names
+from app.tasktypes.specs import task_spec
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
 
@@ -31,13 +31,14 @@ def build_run(
 ) -> tuple[Run, list[str]]:
     """A ready-to-train Run and notes worth an event (ignored options and the like)."""
     hp = hp.for_task(task)
+    assert hp.epochs and hp.learning_rate and hp.lr_scheduler, "for_task fills these in"
     seed_everything(hp.seed)
     spec = task_spec(task)
     processor = spec.load_processor(base_path)
     prep = spec.make_preprocessing(processor, labels, hp)
     splits = prepare_splits(records, spec, processor, prep)
     model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
-    model.to(device)
+    torch.nn.Module.to(model, device)  # PreTrainedModel.to's type hints reject a device
     if hp.freeze == "backbone":
         freeze_backbone(model, head_parameter_names(model, fresh))
     optimizer = make_optimizer(model, hp, device)
@@ -64,12 +65,14 @@ def freeze_backbone(model: torch.nn.Module, head: set[str]) -> None:
 
 def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (fused: faster on CPU and GPU) or SGD; no weight decay on biases and norms."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or any(k in name.lower() for k in NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    assert hp.learning_rate is not None, "for_task fills it in"
     if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=hp.momentum)
     return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)

@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from app.tasks.common import Preprocessing, load_with_new_head
+from app.tasktypes.common import Preprocessing, load_with_new_head
 
 DROPOUT_FIELDS = ("classifier_dropout", "seq_classif_dropout")
 
 
 def load_model(
     path: Path, labels: list[str], dropout: float | None, prep: Preprocessing | None = None
-) -> tuple[torch.nn.Module, set[str], list[str]]:
+) -> tuple[PreTrainedModel, set[str], list[str]]:
     """The base model with a new head; returns (model, fresh param names, notes for the job's events)."""
     overrides: dict[str, Any] = {}
     notes: list[str] = []

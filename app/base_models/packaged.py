@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 MINILM = "minilm-l6"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -186,20 +187,19 @@ def _imagenet_labels() -> dict[int, str] | None:
 
         info = ImageNetInfo()
         return {i: info.index_to_description(i) for i in range(info.num_classes())}
-    except Exception:  # noqa: BLE001  (labels are cosmetic; LABEL_i is fine)
+    except Exception:  # labels are cosmetic; LABEL_i is fine
         return None
 
 
 def _build_efficientnet_lite0(folder: Path) -> None:
     from transformers import AutoImageProcessor, TimmWrapperConfig, TimmWrapperForImageClassification
 
-    timm_model = efficientnet_lite0_timm()
+    timm_model: Any = efficientnet_lite0_timm()
     labels = _imagenet_labels()
-    config = TimmWrapperConfig(
-        architecture=TIMM_ARCHITECTURE,
-        num_labels=1000,
-        pretrained_cfg=dict(timm_model.pretrained_cfg),
-        **({"id2label": labels, "label2id": None} if labels else {}),
+    options: dict[str, Any] = {"id2label": labels, "label2id": None} if labels else {}
+    # The wrapper's config takes num_labels and pretrained_cfg through **kwargs, which its type hints do not show.
+    config = TimmWrapperConfig(  # type: ignore[call-arg]
+        architecture=TIMM_ARCHITECTURE, num_labels=1000, pretrained_cfg=dict(timm_model.pretrained_cfg), **options
     )
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(timm_model.state_dict())

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 
 from app.deps import CurrentTeam, SessionDep
-from app.models import service
-from app.models.models import Alias, RegisteredModel
-from app.models.schemas import AliasRead, AliasSet, ModelRead
-from app.pagination import Page
+from app.pagination import Page, Paging
+from app.registry import service
+from app.registry.schemas import AliasRead, AliasSet, ModelRead
+from app.registry.tables import Alias, RegisteredModel
 
 router = APIRouter(tags=["models"])
 
@@ -19,10 +19,9 @@ router = APIRouter(tags=["models"])
 def list_models(
     team: CurrentTeam,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    page: Paging,
 ) -> Page:
-    items, next_cursor = service.list_models(session, team.id, limit, cursor)
+    items, next_cursor = service.list_models(session, team.id, page)
     return Page(items=items, next_cursor=next_cursor)
 
 

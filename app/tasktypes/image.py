@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
-from app.tasks.common import Preprocessing, load_with_new_head
+from app.tasktypes.common import Preprocessing, load_with_new_head
 
 DEFAULT_IMAGE_SIZE = 224
 
 
 def load_model(
     path: Path, labels: list[str], dropout: float | None, prep: Preprocessing | None = None
-) -> tuple[torch.nn.Module, set[str], list[str]]:
+) -> tuple[PreTrainedModel, set[str], list[str]]:
     """The base model with a new head; returns (model, fresh param names, notes for the job's events). With `prep`,
     records in it whether the model must interpolate its position embeddings for `prep.image_size`."""
     overrides: dict[str, Any] = {}

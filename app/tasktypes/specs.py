@@ -1,4 +1,4 @@
-"""The task registry: a plain dict from TaskType to what training and serving need for that task."""
+"""ML task types: a plain dict from TaskType to what training and serving need for that task type."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
-from app.tasks import image, text
-from app.tasks.common import Preprocessing
-from app.tasks.types import TaskType
+from app.tasktypes import image, text
+from app.tasktypes.common import Preprocessing
+from app.tasktypes.types import TaskType
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """How one task loads its model, preprocesses once, and builds a batch."""
 
-    load_model: Callable[[Path, list[str], float | None, Preprocessing], tuple[torch.nn.Module, set[str], list[str]]]
+    load_model: Callable[[Path, list[str], float | None, Preprocessing], tuple[PreTrainedModel, set[str], list[str]]]
     load_processor: Callable[[Path], Any]
     make_preprocessing: Callable[[Any, list[str], Any], Preprocessing]
     encode: Callable[[Any, list[Any], Preprocessing], Any]

@@ -7,8 +7,8 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.errors import NotFound
-from app.models.models import Alias, RegisteredModel
-from app.pagination import newest_first
+from app.pagination import PageParams, newest_first
+from app.registry.tables import Alias, RegisteredModel
 
 DEFAULT_ALIAS = "production"
 
@@ -22,13 +22,11 @@ def get_model(session: Session, team_id: str, model_id: str) -> RegisteredModel:
     return model
 
 
-def list_models(
-    session: Session, team_id: str, limit: int, cursor: str | None
-) -> tuple[list[RegisteredModel], str | None]:
+def list_models(session: Session, team_id: str, page: PageParams) -> tuple[list[RegisteredModel], str | None]:
     """Newest first, cursor-paged."""
-    anchor = get_model(session, team_id, cursor) if cursor else None
+    anchor = get_model(session, team_id, page.cursor) if page.cursor else None
     query = select(RegisteredModel).where(RegisteredModel.team_id == team_id)
-    return newest_first(session, query, RegisteredModel, anchor, limit)
+    return newest_first(session, query, RegisteredModel, anchor, page.limit)
 
 
 def set_alias(session: Session, team_id: str, name: str, model_id: str) -> Alias:

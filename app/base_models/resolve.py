@@ -27,6 +27,7 @@ class BaseModelRef:
     task: TaskType | None  # what its config says it classifies; None when the config does not say
     folder: Path | None = None
     storage_key: str | None = None
+    family: str | None = None  # text_encoder, conv_image or vision_transformer (the defaults differ); None: unknown
 
     def local_folder(self, store: ArtifactStore) -> Path:
         """The model's folder on this machine (a remote store's copy is downloaded into the cache)."""
@@ -36,18 +37,23 @@ class BaseModelRef:
         return store.local_dir(self.storage_key)
 
 
-def find_base_model(session: Session, models_dir: Path, team_id: str, name: str) -> BaseModelRef | None:
+def find_base_model(session: Session, models_dir: Path, team_id: str, name: str, depth: int = 0) -> BaseModelRef | None:
     """The base model called `name` (the team's fine-tuned model id, a models-dir folder, a cached hub id), or None.
     Never downloads anything."""
     registered = session.scalar(
         select(RegisteredModel).where(RegisteredModel.id == name, RegisteredModel.team_id == team_id)
     )
     if registered is not None:
-        return BaseModelRef(name, TaskType(registered.task), storage_key=registered.storage_key)
+        ancestor = (
+            find_base_model(session, models_dir, team_id, registered.base_model, depth + 1) if depth < 8 else None
+        )
+        family = ancestor.family if ancestor is not None else None
+        return BaseModelRef(name, TaskType(registered.task), storage_key=registered.storage_key, family=family)
     folder = _models_dir_folder(Path(models_dir), name) or _from_hub_cache(name)
     if folder is None:
         return None
-    return BaseModelRef(name, task_of_config(folder), folder=folder)
+    task = task_of_config(folder)
+    return BaseModelRef(name, task, folder=folder, family=family_of_config(folder, task))
 
 
 def check_base_model(session: Session, models_dir: Path, team_id: str, name: str, task: TaskType) -> BaseModelRef:
@@ -85,6 +91,37 @@ def task_of_config(folder: Path) -> TaskType | None:
     if image == text:  # unknown, or an architecture that does both
         return None
     return TaskType.image_classification if image else TaskType.text_classification
+
+
+# Image architectures built on patches and attention (their config's model_type, or a timm architecture's prefix).
+VISION_TRANSFORMERS = (
+    "vit",
+    "deit",
+    "beit",
+    "swin",
+    "dinov2",
+    "data2vec-vision",
+    "eva",
+    "levit",
+    "pvt",
+    "dinat",
+    "cait",
+)
+
+
+def family_of_config(folder: Path, task: TaskType | None) -> str | None:
+    """text_encoder, conv_image or vision_transformer, from config.json (a timm wrapper names its architecture)."""
+    if task == TaskType.text_classification:
+        return "text_encoder"
+    if task != TaskType.image_classification:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = str(config.get("architecture") or "") if config.get("model_type") == "timm_wrapper" else ""
+    kind = kind or str(config.get("model_type") or "")
+    return "vision_transformer" if kind.lower().startswith(VISION_TRANSFORMERS) else "conv_image"
 
 
 def _models_dir_folder(models_dir: Path, name: str) -> Path | None:

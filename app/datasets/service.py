@@ -64,6 +64,11 @@ def get_dataset(session: Session, team_id: str, dataset_id: str) -> Dataset:
     return dataset
 
 
+def train_rows(dataset: Dataset) -> int:
+    """How many examples the dataset's training split holds."""
+    return sum(dataset.counts.get("train", {}).values())
+
+
 def list_datasets(session: Session, team_id: str, page: PageParams) -> tuple[list[Dataset], str | None]:
     """Newest first, cursor-paged."""
     anchor = get_dataset(session, team_id, page.cursor) if page.cursor else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class EarlyStopping(BaseModel):
@@ -13,29 +13,26 @@ class EarlyStopping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_loss"
-    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = Field(
+        "val_accuracy",
+        description="a tie in accuracy or macro-F1 goes to the lower validation loss; val_loss itself often rises "
+        "while accuracy still climbs, as a classifier grows confident",
+    )
+    patience: int = Field(5, ge=1, le=1000, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
 
 
-# What a field left out (null) means, per task: measured with bench/accuracy.py (MNIST-1k with EfficientNet-Lite0
-# reached >= 98%, Rotten Tomatoes-2k with MiniLM-L6 >= 80%). Convolutional image heads and backbones take a larger
-# step than a pretrained transformer encoder does; SGD's rates follow the usual 10x-AdamW rule of thumb.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "image_classification": {"epochs": 5, "lr_scheduler": "cosine", "learning_rate": {"adamw": 1e-3, "sgd": 1e-2}},
-    "text_classification": {"epochs": 3, "lr_scheduler": "linear", "learning_rate": {"adamw": 1e-4, "sgd": 1e-3}},
-}
-
-
 class Hyperparameters(BaseModel):
-    """How to fine-tune. Every field has a default a user can trust for a small classification dataset; the few
-    whose best value depends on the task (epochs, learning_rate, lr_scheduler) are null until `for_task` fills them
-    in, which the API does when it accepts a job, so the stored spec always says what was used."""
+    """How to fine-tune. Every field has a default a user can trust; those whose best value depends on the task or
+    the data (epochs, learning_rate, lr_scheduler, strategy) are decided by app/jobs/defaults.py when the API accepts
+    the job, so the stored spec always says what was used (and, in `auto`, why)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int | None = Field(
-        None, ge=1, le=1000, description="passes over the training split; null: 5 for images, 3 for text"
+    epochs: int | Literal["auto"] = Field(
+        "auto",
+        description='passes over the training split (1-1000); "auto": enough for a few hundred optimizer steps '
+        "on small sets, 3 (text) or 5 (images) on large ones, at most 60",
     )
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float | None = Field(
@@ -50,23 +47,39 @@ class Hyperparameters(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps spent warming up")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip gradients to this norm; null: no clipping")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="classifier dropout, where the model has one")
-    freeze: Literal["none", "backbone"] = "none"
+    freeze: Literal["none", "backbone"] = Field("none", description='"backbone": train only the new head')
+    strategy: Literal["auto", "full", "lp_ft", "head_only"] = Field(
+        "auto",
+        description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '
+        '(a linear probe), then train everything; "head_only": train only the head; "auto": lp_ft on small sets',
+    )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
     seed: int = Field(42, ge=0, le=2**32 - 1)
     image_size: int | None = Field(None, ge=16, le=1024, description="image side in pixels; null: the model's")
     max_length: int = Field(128, ge=8, le=8192, description="tokens per text, longer ones are truncated")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke tests)")
+    auto: dict[str, str] = Field(
+        default_factory=dict, description="read only: what each 'auto' setting became for this job's data, and why"
+    )
 
-    def for_task(self, task: str) -> Hyperparameters:
-        """A copy with the task's defaults in every field the user left null (idempotent)."""
-        defaults = TASK_DEFAULTS[task]
-        filled = {
-            "epochs": self.epochs or defaults["epochs"],
-            "lr_scheduler": self.lr_scheduler or defaults["lr_scheduler"],
-            "learning_rate": self.learning_rate or defaults["learning_rate"][self.optimizer],
-        }
-        return self.model_copy(update=filled)
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise ValueError('epochs must be a whole number from 1 to 1000, or "auto"')
+        return value
+
+    @model_validator(mode="after")
+    def _head_only_is_a_frozen_backbone(self) -> Hyperparameters:
+        """strategy "head_only" and freeze "backbone" are one thing; other strategies train the backbone too."""
+        if self.strategy == "head_only" or (self.freeze == "backbone" and self.strategy == "auto"):
+            self.strategy, self.freeze = "head_only", "backbone"
+        elif self.freeze == "backbone":
+            raise ValueError(f'freeze "backbone" trains only the head, so strategy "{self.strategy}" cannot apply')
+        return self
 
 
 class JobCreate(BaseModel):
@@ -95,6 +108,7 @@ class JobRead(BaseModel):
     error: str | None
     attempt: int
     model_id: str | None
+    below_baseline: bool
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None

@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session
 
 from app.base_models.resolve import BaseModelRef, check_base_model, find_base_model
 from app.config import Settings
-from app.datasets.service import get_dataset
+from app.datasets.service import get_dataset, train_rows
 from app.datasets.tables import Dataset
 from app.errors import NotFound
 from app.jobs import lifecycle
+from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.stop_reasons import JobFailed
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
@@ -27,14 +28,16 @@ def create_job(
     """Check the spec against what exists, commit the job row, then send its id to the workers."""
     dataset = get_dataset(session, team_id, spec.dataset_id)
     task = TaskType(dataset.task)
-    check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
+    base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
     job = lifecycle.submit(
         session,
         team_id=team_id,
         dataset_id=dataset.id,
         task=task,
         base_model=spec.base_model,
-        hyperparameters=spec.hyperparameters.for_task(task).model_dump(mode="json"),
+        hyperparameters=apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family).model_dump(
+            mode="json"
+        ),
     )
     session.commit()
     lifecycle.dispatch(session, job.id, send)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -48,6 +48,8 @@ class TrainingJob(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # its validation accuracy never beat the majority class: it learned nothing the labels' counts do not tell
+    below_baseline: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

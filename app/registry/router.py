@@ -37,7 +37,7 @@ def set_alias(
     team: CurrentTeam,
     session: SessionDep,
 ) -> Alias:
-    return service.set_alias(session, team.id, name, body.model_id)
+    return service.set_alias(session, team.id, name, body.model_id, body.force)
 
 
 @router.get("/aliases", response_model=list[AliasRead])

@@ -18,13 +18,15 @@ class ModelRead(BaseModel):
     job_id: str | None
     labels: list[str]
     metrics: dict[str, Any]
+    below_baseline: bool
     created_at: datetime
 
 
 class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_id: str = Field(min_length=1)
+    model_id: str = Field(min_length=1, max_length=64)
+    force: bool = Field(False, description="point the alias at a model flagged below_baseline all the same")
 
 
 class AliasRead(BaseModel):

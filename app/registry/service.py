@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.pagination import PageParams, newest_first
 from app.registry.tables import Alias, RegisteredModel
 
@@ -29,9 +29,17 @@ def list_models(session: Session, team_id: str, page: PageParams) -> tuple[list[
     return newest_first(session, query, RegisteredModel, anchor, page.limit)
 
 
-def set_alias(session: Session, team_id: str, name: str, model_id: str) -> Alias:
-    """Point alias `name` at one of the team's models (created or moved)."""
-    get_model(session, team_id, model_id)
+def set_alias(session: Session, team_id: str, name: str, model_id: str, force: bool = False) -> Alias:
+    """Point alias `name` at one of the team's models (created or moved); a model that learned nothing needs `force`."""
+    model = get_model(session, team_id, model_id)
+    if model.below_baseline and not force:
+        accuracy = model.metrics.get("test_accuracy")
+        majority = model.metrics.get("majority_class_accuracy")
+        raise Conflict(
+            f"Model '{model_id}' never beat the majority class on validation (test accuracy {accuracy}, always "
+            f"predicting the most common label: {majority}); it has learned nothing useful. Retrain it (more data, "
+            f"more epochs, another base model), or send \"force\": true to point '{name}' at it anyway."
+        )
     alias = session.get(Alias, (team_id, name))
     if alias is None:
         alias = Alias(team_id=team_id, name=name, model_id=model_id)
@@ -75,6 +83,7 @@ def register_model(
     labels: list[str],
     metrics: dict,
     storage_key: str,
+    below_baseline: bool = False,
 ) -> RegisteredModel:
     """Record a fine-tuned model whose files are already in the store."""
     model = RegisteredModel(
@@ -87,6 +96,7 @@ def register_model(
         labels=labels,
         metrics=metrics,
         storage_key=storage_key,
+        below_baseline=below_baseline,
     )
     session.add(model)
     session.flush()

@@ -58,6 +58,15 @@ def load_with_new_head(auto_cls: Any, path: Path, labels: list[str], **config_ov
     return model, fresh
 
 
+def trained_labels(path: Path) -> list[str] | None:
+    """The labels a model folder's classification head was trained for (config.json's id2label), if it says."""
+    try:
+        id2label = json.loads((Path(path) / "config.json").read_text()).get("id2label") or {}
+        return [id2label[k] for k in sorted(id2label, key=int)]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
 def head_parameter_names(model: torch.nn.Module, fresh: set[str]) -> set[str]:
     """Names of the head's parameters: those initialised fresh, else those under a usual head name."""
     names = {n for n, _ in model.named_parameters()}

@@ -20,6 +20,7 @@ from worker.training.evaluation import summary_metrics
 from worker.training.state import FitState
 
 MINIMIZED = {"val_loss"}
+DEFAULT_METRIC = "val_accuracy"  # which checkpoint is best when early stopping is off
 
 
 class RunHooks(Protocol):
@@ -49,6 +50,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     state: FitState = field(default_factory=FitState)
+    head: list[str] = field(default_factory=list)  # the classification head's parameter names
+    head_is_new: bool = True  # initialised fresh for these labels (not a fine-tuned model's own head)
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -123,10 +126,12 @@ def evaluate_and_checkpoint(run: Run, hooks: RunHooks) -> None:
     scores = summary_metrics(labels, predicted, len(run.prep.labels))
     values = {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
     hooks.log_eval(s.step, epoch_progress(run), values)
-    metric = es.metric if es else "val_loss"
-    improved = is_improvement(values[metric], s.best_value, metric, es.min_delta if es else 0.0)
+    if not math.isnan(values["val_accuracy"]):
+        s.top_val_accuracy = max(s.top_val_accuracy or 0.0, values["val_accuracy"])
+    metric = es.metric if es else DEFAULT_METRIC
+    improved = is_improvement(values[metric], s.best_value, metric, es.min_delta if es else 0.0, loss, s.best_loss)
     if improved:
-        s.best_value, s.best_step, s.evals_without_improvement = values[metric], s.step, 0
+        s.best_value, s.best_loss, s.best_step, s.evals_without_improvement = values[metric], loss, s.step, 0
     else:
         s.evals_without_improvement += 1
     if es and s.evals_without_improvement >= es.patience and s.step < run.total_steps:
@@ -143,10 +148,18 @@ def evaluation_due(run: Run) -> bool:
     return s.batch_in_epoch == 0
 
 
-def is_improvement(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+def is_improvement(
+    value: float, best: float | None, metric: str, min_delta: float, loss: float, best_loss: float | None
+) -> bool:
+    """Better by more than `min_delta`; for a score (accuracy, F1), a tie with a lower validation loss counts too,
+    since on a small validation split scores move in coarse steps while the loss still tells the runs apart."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
-    return value < best - min_delta if metric in MINIMIZED else value > best + min_delta
+    if metric in MINIMIZED:
+        return value < best - min_delta
+    if value > best + min_delta:
+        return True
+    return value >= best and best_loss is not None and loss < best_loss
 
 
 def epoch_progress(run: Run) -> float:

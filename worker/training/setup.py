@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
+from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
-from app.tasktypes.common import head_parameter_names
+from app.tasktypes.common import head_parameter_names, trained_labels
 from app.tasktypes.specs import task_spec
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
@@ -30,17 +31,18 @@ def build_run(
     task: str, base_path: Path, labels: list[str], records: list[dict], hp: Hyperparameters, device: torch.device
 ) -> tuple[Run, list[str]]:
     """A ready-to-train Run and notes worth an event (ignored options and the like)."""
-    hp = hp.for_task(task)
-    assert hp.epochs and hp.learning_rate and hp.lr_scheduler, "for_task fills these in"
     seed_everything(hp.seed)
     spec = task_spec(task)
     processor = spec.load_processor(base_path)
     prep = spec.make_preprocessing(processor, labels, hp)
     splits = prepare_splits(records, spec, processor, prep)
+    hp = apply_defaults(hp, task, len(splits["train"]))
+    assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler, "apply_defaults decides these"
     model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
     torch.nn.Module.to(model, device)  # PreTrainedModel.to's type hints reject a device
+    head = head_parameter_names(model, fresh)
     if hp.freeze == "backbone":
-        freeze_backbone(model, head_parameter_names(model, fresh))
+        freeze_backbone(model, head)
     optimizer = make_optimizer(model, hp, device)
     steps_per_epoch = math.ceil(len(splits["train"]) / hp.batch_size)
     total = steps_per_epoch * hp.epochs
@@ -52,6 +54,8 @@ def build_run(
         num_training_steps=total,
     )
     run = Run(model, optimizer, scheduler, spec, processor, prep, hp, splits, device, steps_per_epoch, total)
+    # A head of the right size for other labels (LABEL_0, LABEL_1...) is as good as new: it knows nothing of these.
+    run.head, run.head_is_new = sorted(head), bool(fresh) or trained_labels(base_path) != labels
     return run, notes
 
 
@@ -72,7 +76,7 @@ def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.de
             (no_decay if param.ndim < 2 or any(k in name.lower() for k in NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    assert hp.learning_rate is not None, "for_task fills it in"
+    assert hp.learning_rate is not None, "apply_defaults decides it"
     if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=hp.learning_rate, momentum=hp.momentum)
     return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)

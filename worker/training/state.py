@@ -11,7 +11,9 @@ class FitState:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already trained, in that epoch's seeded order
     best_value: float | None = None
+    best_loss: float | None = None  # the validation loss at the best step (breaks ties of a score)
     best_step: int | None = None
     best_checkpoint: str | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    top_val_accuracy: float | None = None  # the highest validation accuracy any evaluation reached

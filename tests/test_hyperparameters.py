@@ -52,7 +52,7 @@ def test_auto_epochs_reach_enough_steps_without_overdoing_large_sets(task, rows,
 def test_auto_choices_for_small_and_large_sets_are_stored_with_their_reason():
     small = apply_defaults(Hyperparameters(), TEXT, train_rows=530)
     assert small.epochs == auto_epochs(TEXT, 530, 32)[0] > TASK_DEFAULTS[TEXT]["epochs"]  # more than a large set gets
-    assert small.strategy == "lp_ft" and "linear probe" in small.auto["strategy"]
+    assert small.strategy == "full" and "lp_ft" in small.auto["strategy"]
     assert "530 training examples" in small.auto["epochs"]
     assert small.eval_every_steps == math.ceil(small.epochs * math.ceil(530 / 32) / 10)  # ~10 evaluations, not 15
     assert apply_defaults(Hyperparameters(eval_every_steps=7), TEXT, train_rows=530).eval_every_steps == 7
@@ -85,7 +85,7 @@ def test_a_job_stores_and_trains_with_its_tasks_defaults(client, task, upload, b
     assert stored["learning_rate"] == rate
     assert stored["epochs"] == auto_epochs(TaskType(task), train_rows, 8)[0]
     assert f"{train_rows} training examples, batch 8" in stored["auto"]["epochs"]
-    assert stored["strategy"] == "lp_ft" and stored["lr_scheduler"] == "constant"
+    assert stored["strategy"] == "full" and stored["lr_scheduler"] == "constant"
     job = wait_for_job(client, submitted.json()["id"])
     assert job["status"] == "succeeded", job["error"]
     used = client.get(f"/jobs/{job['id']}/metrics", params={"name": "learning_rate"}).json()["items"]

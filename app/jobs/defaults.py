@@ -30,8 +30,9 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
 }
 MAX_EPOCHS = 60
 EVALUATIONS = 10  # when "auto" makes many short epochs, evaluate about this many times instead of every epoch
-# Below this many training examples the new head is first fitted on frozen features (LP-FT), see worker/training/probe.py.
-LP_FT_BELOW = 2000
+# Measured on Rotten Tomatoes-100 with MiniLM (bench/small_data.py): starting from a linear-probe head (lp_ft) at the
+# default rate overfits within 20 steps (validation accuracy 61% against 68% from a fresh head), so "auto" trains a
+# fresh head; lp_ft stays a named option.
 
 
 def auto_epochs(task: TaskType, train_rows: int, batch_size: int) -> tuple[int, str]:
@@ -49,9 +50,7 @@ def auto_epochs(task: TaskType, train_rows: int, batch_size: int) -> tuple[int, 
 
 
 def auto_strategy(train_rows: int) -> tuple[str, str]:
-    if train_rows < LP_FT_BELOW:
-        return "lp_ft", f"lp_ft: under {LP_FT_BELOW} training examples the new head starts from a linear probe"
-    return "full", f"full: {train_rows} training examples are enough for a fresh head"
+    return "full", "full: a fresh head and the whole model train together (lp_ft measured worse on small sets)"
 
 
 def apply_defaults(

@@ -51,7 +51,7 @@ class Hyperparameters(BaseModel):
     strategy: Literal["auto", "full", "lp_ft", "head_only"] = Field(
         "auto",
         description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '
-        '(a linear probe), then train everything; "head_only": train only the head; "auto": lp_ft on small sets',
+        '(a linear probe), then train everything; "head_only": train only the head; "auto": full (see README)',
     )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")

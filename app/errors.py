@@ -9,9 +9,17 @@ class AppError(Exception):
     status: int = 400
     title: str = "Bad request"
 
-    def __init__(self, detail: str, *, status: int | None = None, title: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         if status is not None:
             self.status = status
         if title is not None:
@@ -46,3 +54,18 @@ class PayloadTooLarge(AppError):
 class Unauthorized(AppError):
     status = 401
     title = "Unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    title = "Forbidden"
+
+
+class TooManyRequests(AppError):
+    """A limit was reached: `Retry-After` (seconds) says when to try again; the detail says which limit."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})

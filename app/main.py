@@ -31,10 +31,12 @@ PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
 
 
-def problem(status: int, title: str, detail: str, **extra: object) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
     """An RFC 9457 problem response."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _field_errors(errors: Sequence[Any]) -> list[dict]:
@@ -47,7 +49,7 @@ def _field_errors(errors: Sequence[Any]) -> list[dict]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail)
+        return problem(exc.status, exc.title, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)

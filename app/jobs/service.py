@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.base_models.resolve import BaseModelRef, check_base_model, find_base_model
 from app.config import Settings
 from app.datasets.service import get_dataset, train_rows
@@ -16,6 +17,7 @@ from app.errors import NotFound
 from app.jobs import lifecycle
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.spec_checks import check_spec
 from app.jobs.stop_reasons import JobFailed
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
 from app.pagination import PageParams, newest_first
@@ -23,21 +25,26 @@ from app.tasktypes.types import TaskType
 
 
 def create_job(
-    session: Session, send: Callable[[str], None], settings: Settings, team_id: str, spec: JobCreate
+    session: Session,
+    send: Callable[[str], None],
+    settings: Settings,
+    store: ArtifactStore,
+    team_id: str,
+    spec: JobCreate,
 ) -> TrainingJob:
     """Check the spec against what exists, commit the job row, then send its id to the workers."""
     dataset = get_dataset(session, team_id, spec.dataset_id)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
+    hyperparameters = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
+    check_spec(hyperparameters, dataset, base, store, task)
     job = lifecycle.submit(
         session,
         team_id=team_id,
         dataset_id=dataset.id,
         task=task,
         base_model=spec.base_model,
-        hyperparameters=apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family).model_dump(
-            mode="json"
-        ),
+        hyperparameters=hyperparameters.model_dump(mode="json"),
     )
     session.commit()
     lifecycle.dispatch(session, job.id, send)

@@ -1,8 +1,20 @@
 """Imports every ORM model so Base.metadata is complete (for Alembic and tests)."""
 
 from app.datasets.tables import Dataset
+from app.idempotency.tables import IdempotentRequest
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
 from app.registry.tables import Alias, RegisteredModel
 from app.teams.tables import ApiKey, Team
 
-__all__ = ["Alias", "ApiKey", "Checkpoint", "Dataset", "JobEvent", "Metric", "RegisteredModel", "Team", "TrainingJob"]
+__all__ = [
+    "Alias",
+    "ApiKey",
+    "Checkpoint",
+    "Dataset",
+    "IdempotentRequest",
+    "JobEvent",
+    "Metric",
+    "RegisteredModel",
+    "Team",
+    "TrainingJob",
+]

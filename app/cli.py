@@ -16,6 +16,8 @@ from app.processes import api_command, stop, worker_command
 cli = typer.Typer(help="Self-hosted fine-tuning service.", no_args_is_help=True, add_completion=False)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
+teams = typer.Typer(help="Teams and their limits.", no_args_is_help=True)
+cli.add_typer(teams, name="teams")
 
 
 def _prepare() -> None:
@@ -39,6 +41,34 @@ def keys_create(team: str = typer.Option(..., "--team", help="team name; created
         _, key = create_key(session, team)
     db.dispose()
     typer.echo(key)
+
+
+@teams.command("limits")
+def teams_limits(
+    team: str = typer.Option(..., "--team", help="team name"),
+    active_jobs: int | None = typer.Option(None, min=0, help="jobs queued or running at once (0: the default)"),
+    storage_mb: int | None = typer.Option(None, min=0, help="MB of datasets, models, checkpoints (0: the default)"),
+) -> None:
+    """Set a team's own limits, then print its usage against them (as GET /usage shows it)."""
+    import json
+
+    from app.db import Database
+    from app.errors import AppError
+    from app.quotas.service import usage
+    from app.teams.service import set_limits
+
+    _prepare()
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            row = set_limits(session, team, active_jobs, storage_mb)
+            typer.echo(json.dumps({"team": row.name, **usage(session, settings, row).as_dict()}, indent=2))
+    except AppError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
 
 
 @cli.command()

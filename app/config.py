@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     max_predict_mb: int = Field(32, ge=1, description="Largest /predict request body")
     max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")
+    team_max_active_jobs: int = Field(10, ge=1, description="jobs one team may have queued or running at once")
+    team_max_storage_mb: int = Field(100_000, ge=1, description="datasets, models and checkpoints one team may store")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

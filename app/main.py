@@ -26,6 +26,7 @@ from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
 from app.queue import make_celery
+from app.quotas.router import router as usage_router
 from app.registry.router import router as models_router
 from app.request_limits import RequestLimits
 
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, authenticate=authenticate)
-    for router in (datasets_router, jobs_router, models_router, predict_router):
+    for router in (datasets_router, jobs_router, models_router, predict_router, usage_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

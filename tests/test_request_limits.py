@@ -18,7 +18,8 @@ GB = 1024**3
 
 
 def _rss_kb(service: Service) -> int:
-    status = open(f"/proc/{service.processes['api'].pid}/status").read()
+    with open(f"/proc/{service.processes['api'].pid}/status") as f:
+        status = f.read()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.artifacts.layout import checkpoint_key
+from app.artifacts.store import folder_bytes
 from app.jobs import run_records
 from app.jobs.stop_reasons import user_facing
 from worker.context import JobContext
@@ -37,12 +38,13 @@ class CheckpointWriter:
         manifest = (folder / MANIFEST).read_bytes()
         if ctx.store.get_bytes(f"{key}/{MANIFEST}") != manifest:
             raise OSError(f"checkpoint at step {s.step} did not reach the artifact store intact")
+        size = folder_bytes(folder)
         detail = f"{metric}={value:.4f}" if metric is not None and value is not None else kind
 
         def record(session: Session) -> list[str]:
             stale = run_records.record_checkpoint(
                 session, ctx.job_id, ctx.attempt, step=s.step, epoch=s.epoch, key=key, kind=kind, metric=metric,
-                value=value, best=best, manifest_sha256=hashlib.sha256(manifest).hexdigest(),
+                value=value, best=best, manifest_sha256=hashlib.sha256(manifest).hexdigest(), size_bytes=size,
             )  # fmt: skip
             run_records.add_event(
                 session, ctx.job_id, ctx.attempt, "checkpoint", f"checkpoint at step {s.step} ({detail})"

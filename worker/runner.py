@@ -15,7 +15,7 @@ import torch
 from sqlalchemy.orm import Session
 
 from app.artifacts.layout import model_key, read_dataset
-from app.artifacts.store import ArtifactStore
+from app.artifacts.store import ArtifactStore, folder_bytes
 from app.config import Settings
 from app.db import Database, new_id
 from app.jobs import lifecycle
@@ -135,12 +135,16 @@ def test_best(run: Run, store: ArtifactStore) -> dict:
 def export_model(run: Run, ctx: JobContext) -> str:
     """Save the model in Hugging Face format (config with id2label, safetensors, processor) to the store."""
     model_id = new_id()
-    folder = ctx.workdir / "export"
+    folder = _export_folder(ctx)
     run.model.save_pretrained(str(folder), safe_serialization=True)
     run.spec.save_processor(run.processor, folder, run.prep)
     run.prep.save(folder)
     ctx.store.put_dir(folder, model_key(model_id))
     return model_id
+
+
+def _export_folder(ctx: JobContext) -> Path:
+    return ctx.workdir / "export"
 
 
 def _register(session: Session, ctx: JobContext, spec: JobSpec, model_id: str, report: dict) -> None:
@@ -153,6 +157,7 @@ def _register(session: Session, ctx: JobContext, spec: JobSpec, model_id: str, r
         session, model_id=model_id, team_id=spec.team_id, job_id=ctx.job_id, task=spec.task,
         name=f"{Path(spec.base_model.name).name} on {spec.dataset_name}", base_model=spec.base_model.name,
         labels=spec.labels, storage_key=model_key(model_id), below_baseline=below, metrics=model_metrics(report),
+        size_bytes=folder_bytes(_export_folder(ctx)),
     )  # fmt: skip
 
 

@@ -104,3 +104,8 @@ class ArtifactStore:
         path = self.path(key)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    """The total size of the files under a local folder (what uploading it stores)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

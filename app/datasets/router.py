@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
@@ -11,7 +11,10 @@ from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
+from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
+from app.idempotency.service import fingerprint, run_once
 from app.pagination import Page, Paging
+from app.quotas.service import check_can_store
 from app.tasktypes.types import TaskType
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -24,7 +27,7 @@ def valid_dataset(dataset_id: str, team: CurrentTeam, session: SessionDep) -> Da
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 
 
-@router.post("", status_code=201, response_model=DatasetRead)
+@router.post("", status_code=201, response_model=DatasetRead, responses=IDEMPOTENT_RESPONSES)
 def upload_dataset(
     team: CurrentTeam,
     session: SessionDep,
@@ -35,22 +38,27 @@ def upload_dataset(
     name: Annotated[str | None, Form(max_length=200)] = None,
     text_column: Annotated[str, Form(min_length=1)] = "text",
     label_column: Annotated[str, Form(min_length=1)] = "label",
-) -> Dataset:
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Upload a dataset. Send an `Idempotency-Key` header to make retries safe (the same key and file answer with
+    the first dataset)."""
     limit = settings.max_upload_mb * 1024 * 1024
     data = file.file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"Uploads are limited to {settings.max_upload_mb} MB (FINETUNE_MAX_UPLOAD_MB).")
-    return service.create_dataset(
-        session,
-        store,
-        team.id,
-        task=task,
-        filename=file.filename or "upload",
-        data=data,
-        name=name,
-        text_column=text_column,
-        label_column=label_column,
-    )
+    filename = file.filename or "upload"
+
+    def create(remember: Remember) -> Dataset:
+        check_can_store(session, settings, team, len(data))
+        dataset = service.create_dataset(
+            session, store, team.id, task=task, filename=filename, data=data, name=name,
+            text_column=text_column, label_column=label_column,
+        )  # fmt: skip
+        remember(201, DatasetRead.model_validate(dataset).model_dump(mode="json"))
+        return dataset
+
+    print_ = fingerprint(data, task.value, filename, name, text_column, label_column)
+    return replayed(run_once(session, team.id, "POST /datasets", idempotency_key, print_, create))
 
 
 @router.get("", response_model=Page[DatasetRead])

@@ -1,10 +1,14 @@
-"""Served models, loaded once and kept (least recently used out) keyed by immutable model id."""
+"""Served models, loaded once and kept keyed by immutable model id.
+
+When the cache is full, the model to unload is the least recently used one of the team holding the most slots, and a
+team that already holds as many as any other unloads its own: one team cycling through many models cannot push the
+others' hot models out, only down to an even share."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,11 +90,12 @@ class ModelCache:
         self.threads = threads or default_forward_threads()
         self.preparing = PreparingCounter()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._owner: dict[str, str] = {}  # model id -> the team that asked for it
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, model_id: str, folder_for: Any) -> LoadedModel:
-        """The loaded model `model_id`, loading it from `folder_for()` on first use."""
+    def get(self, model_id: str, folder_for: Any, team_id: str = "") -> LoadedModel:
+        """The loaded model `model_id` (one of team `team_id`'s), loading it from `folder_for()` on first use."""
         with self._lock:
             if model_id in self._models:
                 self._models.move_to_end(model_id)
@@ -112,12 +117,37 @@ class ModelCache:
             )
             with self._lock:
                 self._models[model_id] = loaded
+                self._owner[model_id] = team_id
                 while len(self._models) > self.size:
-                    _, evicted = self._models.popitem(last=False)
+                    evicted = self._models.pop(self._victim(team_id, model_id))
+                    self._owner.pop(evicted.model_id, None)
                     if evicted.batcher is not None:
                         evicted.batcher.close()
                 self._loading.pop(model_id, None)
             return loaded
+
+    def _victim(self, requester: str, loading: str) -> str:
+        """The model to unload (see the module docstring); called with the lock held."""
+        held = Counter(self._owner[m] for m in self._models)
+        most = max(held.values())
+        if held[requester] >= most:
+            own = [m for m in self._models if self._owner[m] == requester and m != loading]
+            if own:
+                return own[0]  # least recently used first
+        return next(m for m in self._models if held[self._owner[m]] == most and m != loading)
+
+    def loaded_ids(self) -> list[str]:
+        """Model ids in memory, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def discard(self, model_id: str) -> None:
+        """Unload a deleted model now rather than when it would have aged out."""
+        with self._lock:
+            loaded = self._models.pop(model_id, None)
+            self._owner.pop(model_id, None)
+        if loaded is not None and loaded.batcher is not None:
+            loaded.batcher.close()
 
     def close(self) -> None:
         """Stop every batcher thread once its pending requests are served (app shutdown)."""

@@ -47,7 +47,7 @@ def prepare(
     # End the read transaction: the pooled connection is not held while a model loads or inputs are decoded.
     session.commit()
     inputs = _check_inputs(task, texts, images)
-    loaded = cache.get(model_id, lambda: store.local_dir(storage_key))
+    loaded = cache.get(model_id, lambda: store.local_dir(storage_key), team_id)
     return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs))
 
 

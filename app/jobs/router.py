@@ -7,10 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep, StoreDep
+from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
+from app.idempotency.service import fingerprint, run_once
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
 from app.pagination import Page, PageParams, Paging, paging
+from app.quotas.service import check_can_submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -24,11 +27,29 @@ MetricPaging = Annotated[PageParams, paging(1000, 10000)]
 EventPaging = Annotated[PageParams, paging(100, 1000)]
 
 
-@router.post("", status_code=201, response_model=JobRead)
+@router.post("", status_code=201, response_model=JobRead, responses=IDEMPOTENT_RESPONSES)
 def submit_job(
-    spec: JobCreate, team: CurrentTeam, session: SessionDep, send: SendJob, settings: SettingsDep, store: StoreDep
-) -> TrainingJob:
-    return service.create_job(session, send, settings, store, team.id, spec)
+    spec: JobCreate,
+    team: CurrentTeam,
+    session: SessionDep,
+    send: SendJob,
+    settings: SettingsDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Queue a fine-tuning job. Send an `Idempotency-Key` header to make retries safe: the same key and spec
+    answer with the first job, never a second one."""
+
+    def create(remember: Remember) -> TrainingJob:
+        check_can_submit(session, settings, team)  # a replay is answered even at the limit
+
+        def on_created(job: TrainingJob) -> None:
+            remember(201, JobRead.model_validate(job).model_dump(mode="json"))
+
+        return service.create_job(session, send, settings, store, team.id, spec, on_created)
+
+    print_ = fingerprint(spec.model_dump(mode="json"))
+    return replayed(run_once(session, team.id, "POST /jobs", idempotency_key, print_, create))
 
 
 @router.get("", response_model=Page[JobRead])
@@ -40,6 +61,12 @@ def list_jobs(team: CurrentTeam, session: SessionDep, page: Paging, status: JobS
 @router.get("/{job_id}", response_model=JobRead)
 def read_job(job: ValidJob) -> TrainingJob:
     return job
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job: ValidJob, session: SessionDep, store: StoreDep) -> None:
+    """Delete a finished job with its metrics, events and checkpoints (its model stays; see DELETE /models/{id})."""
+    service.delete_job(session, store, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)

@@ -58,6 +58,7 @@ def record_checkpoint(
     metric: str | None = None,
     value: float | None = None,
     best: bool = False,
+    size_bytes: int | None = None,
 ) -> list[str]:
     """Record a checkpoint already complete in the store; keep the best and the newest. Returns keys to delete."""
     heartbeat(session, job_id, attempt)
@@ -74,6 +75,7 @@ def record_checkpoint(
             metric_value=value,
             is_best=best,
             manifest_sha256=manifest_sha256,
+            size_bytes=size_bytes,
         )  # fmt: skip
     )
     session.flush()

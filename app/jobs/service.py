@@ -5,21 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
+from app.artifacts.layout import job_key
 from app.artifacts.store import ArtifactStore
 from app.base_models.resolve import BaseModelRef, check_base_model, find_base_model
 from app.config import Settings
 from app.datasets.service import get_dataset, train_rows
 from app.datasets.tables import Dataset
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.jobs import lifecycle
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.spec_checks import check_spec
 from app.jobs.stop_reasons import JobFailed
-from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
+from app.jobs.tables import FINISHED, Checkpoint, JobEvent, Metric, TrainingJob
 from app.pagination import PageParams, newest_first
 from app.tasktypes.types import TaskType
 
@@ -31,8 +32,11 @@ def create_job(
     store: ArtifactStore,
     team_id: str,
     spec: JobCreate,
+    on_created: Callable[[TrainingJob], None] = lambda job: None,
 ) -> TrainingJob:
-    """Check the spec against what exists, commit the job row, then send its id to the workers."""
+    """Check the spec against what exists, commit the job row, then send its id to the workers.
+
+    `on_created(job)` runs in the job's transaction, before it commits (an idempotent request records its answer)."""
     dataset = get_dataset(session, team_id, spec.dataset_id)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
@@ -46,6 +50,7 @@ def create_job(
         base_model=spec.base_model,
         hyperparameters=hyperparameters.model_dump(mode="json"),
     )
+    on_created(job)
     session.commit()
     lifecycle.dispatch(session, job.id, send)
     session.refresh(job)
@@ -146,3 +151,20 @@ def get_report(job: TrainingJob) -> dict:
     if job.report is None:
         raise NotFound(f"Job '{job.id}' has no report yet (status: {job.status}); it is written when the job succeeds.")
     return job.report
+
+
+def delete_job(session: Session, store: ArtifactStore, job: TrainingJob) -> None:
+    """Remove a finished job: its row, metrics, events and checkpoint records, then its checkpoint files.
+
+    The model it produced stays registered (delete it with DELETE /models/{id})."""
+    if job.status not in FINISHED:
+        raise Conflict(
+            f"Job '{job.id}' is {job.status}; cancel it first (POST /jobs/{job.id}/cancel), then delete it once it "
+            "has stopped."
+        )
+    session.execute(delete(Metric).where(Metric.job_id == job.id))
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+    session.delete(job)
+    session.flush()
+    store.delete_prefix(job_key(job.id))

@@ -24,6 +24,7 @@ class JobStatus(StrEnum):
 
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 
 
 class TrainingJob(Base):
@@ -84,6 +85,7 @@ class Checkpoint(Base):
     metric_name: Mapped[str | None] = mapped_column(String(40))
     metric_value: Mapped[float | None] = mapped_column(Float)
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     is_best: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

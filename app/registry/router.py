@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 
-from app.deps import CurrentTeam, SessionDep
+from app.deps import CurrentTeam, SessionDep, StoreDep
 from app.pagination import Page, Paging
 from app.registry import service
 from app.registry.schemas import AliasRead, AliasSet, ModelRead
@@ -28,6 +28,13 @@ def list_models(
 @router.get("/models/{model_id}", response_model=ModelRead)
 def read_model(model_id: str, team: CurrentTeam, session: SessionDep) -> RegisteredModel:
     return service.get_model(session, team.id, model_id)
+
+
+@router.delete("/models/{model_id}", status_code=204)
+def delete_model(model_id: str, team: CurrentTeam, session: SessionDep, store: StoreDep, request: Request) -> None:
+    """Delete a model and its files; refused (409) while an alias routes to it or a job trains from it."""
+    service.delete_model(session, store, team.id, model_id)
+    request.app.state.model_cache.discard(model_id)
 
 
 @router.put("/aliases/{name}", response_model=AliasRead)

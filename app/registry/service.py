@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.artifacts.store import ArtifactStore
 from app.db import utcnow
 from app.errors import Conflict, NotFound
+from app.jobs.tables import ACTIVE_STATUSES, TrainingJob
 from app.pagination import PageParams, newest_first
 from app.registry.tables import Alias, RegisteredModel
 
@@ -84,6 +86,7 @@ def register_model(
     metrics: dict,
     storage_key: str,
     below_baseline: bool = False,
+    size_bytes: int | None = None,
 ) -> RegisteredModel:
     """Record a fine-tuned model whose files are already in the store."""
     model = RegisteredModel(
@@ -97,7 +100,32 @@ def register_model(
         metrics=metrics,
         storage_key=storage_key,
         below_baseline=below_baseline,
+        size_bytes=size_bytes,
     )
     session.add(model)
     session.flush()
     return model
+
+
+def delete_model(session: Session, store: ArtifactStore, team_id: str, model_id: str) -> None:
+    """Remove the model's row and files, unless an alias routes to it or an unfinished job trains from it."""
+    model = get_model(session, team_id, model_id)
+    aliases = sorted(session.scalars(select(Alias.name).where(Alias.team_id == team_id, Alias.model_id == model_id)))
+    if aliases:
+        names = ", ".join(f"'{a}'" for a in aliases)
+        raise Conflict(
+            f"Model '{model_id}' is served by alias {names}; point the alias at another model "
+            "(PUT /aliases/{name}) before deleting this one."
+        )
+    training = session.scalar(
+        select(TrainingJob.id).where(
+            TrainingJob.team_id == team_id,
+            TrainingJob.base_model == model_id,
+            TrainingJob.status.in_(ACTIVE_STATUSES),
+        )
+    )
+    if training:
+        raise Conflict(f"Job '{training}' trains from model '{model_id}'; wait for it to finish or cancel it first.")
+    session.delete(model)
+    session.flush()
+    store.delete_prefix(model.storage_key)

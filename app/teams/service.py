@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Unauthorized
+from app.errors import NotFound, Unauthorized
 from app.teams.tables import ApiKey, Team
 
 KEY_PREFIX = "ftk_"
@@ -42,3 +42,16 @@ def team_for_key(session: Session, key: str) -> Team:
     if row is None:
         raise Unauthorized("The API key is unknown or revoked. Create one with `finetune keys create --team NAME`.")
     return row
+
+
+def set_limits(session: Session, team_name: str, max_active_jobs: int | None, max_storage_mb: int | None) -> Team:
+    """Give a team its own limits (None leaves a limit as it is; 0 returns it to the service's default)."""
+    team = session.scalar(select(Team).where(Team.name == team_name))
+    if team is None:
+        raise NotFound(f"No team '{team_name}'. Teams are created with `finetune keys create --team NAME`.")
+    if max_active_jobs is not None:
+        team.max_active_jobs = max_active_jobs or None
+    if max_storage_mb is not None:
+        team.max_storage_mb = max_storage_mb or None
+    session.flush()
+    return team

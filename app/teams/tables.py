@@ -15,6 +15,9 @@ class Team(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # the team's own limits; None: the service's (FINETUNE_TEAM_MAX_ACTIVE_JOBS, FINETUNE_TEAM_MAX_STORAGE_MB)
+    max_active_jobs: Mapped[int | None] = mapped_column(default=None)
+    max_storage_mb: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

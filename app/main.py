@@ -26,6 +26,7 @@ from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
 from app.queue import make_celery
 from app.registry.router import router as models_router
+from app.teams.throttle import FailedAuthThrottle
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(settings.database_url)
         app.state.store = ArtifactStore.from_settings(settings)
         app.state.celery = make_celery(settings)
+        app.state.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
         app.state.model_cache = ModelCache(
             settings.model_cache_size,
             max_batch=settings.predict_max_batch,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
 from app.pagination import Page, Paging
 from app.tasktypes.types import TaskType
@@ -24,7 +24,7 @@ def valid_dataset(dataset_id: str, team: CurrentTeam, session: SessionDep) -> Da
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 
 
-@router.post("", status_code=201, response_model=DatasetRead)
+@router.post("", status_code=201, response_model=DatasetRead, dependencies=[NEEDS_TRAIN])
 def upload_dataset(
     team: CurrentTeam,
     session: SessionDep,
@@ -68,6 +68,6 @@ def read_dataset(dataset: ValidDataset) -> Dataset:
     return dataset
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, dependencies=[NEEDS_TRAIN])
 def delete_dataset(dataset: ValidDataset, session: SessionDep, store: StoreDep) -> None:
     service.delete_dataset(session, store, dataset)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SendJob, SessionDep, SettingsDep
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
@@ -24,7 +24,7 @@ MetricPaging = Annotated[PageParams, paging(1000, 10000)]
 EventPaging = Annotated[PageParams, paging(100, 1000)]
 
 
-@router.post("", status_code=201, response_model=JobRead)
+@router.post("", status_code=201, response_model=JobRead, dependencies=[NEEDS_TRAIN])
 def submit_job(
     spec: JobCreate, team: CurrentTeam, session: SessionDep, send: SendJob, settings: SettingsDep
 ) -> TrainingJob:
@@ -42,7 +42,7 @@ def read_job(job: ValidJob) -> TrainingJob:
     return job
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, dependencies=[NEEDS_TRAIN])
 def cancel_job(job: ValidJob, session: SessionDep) -> TrainingJob:
     return lifecycle.request_cancel(session, job)
 

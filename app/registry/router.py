@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from app.deps import CurrentTeam, SessionDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep
 from app.pagination import Page, Paging
 from app.registry import service
 from app.registry.schemas import AliasRead, AliasSet, ModelRead
@@ -30,7 +30,7 @@ def read_model(model_id: str, team: CurrentTeam, session: SessionDep) -> Registe
     return service.get_model(session, team.id, model_id)
 
 
-@router.put("/aliases/{name}", response_model=AliasRead)
+@router.put("/aliases/{name}", response_model=AliasRead, dependencies=[NEEDS_TRAIN])
 def set_alias(
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")],
     body: AliasSet,

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import typer
 
 from app.config import get_settings
-from app.processes import api_command, stop, worker_command
+from app.processes import api_command, worker_command
 from app.teams.scopes import parse_scopes
 from app.teams.tables import DEFAULT_SCOPES
 
@@ -159,23 +157,19 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @cli.command()
 def up(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Start the API and one worker on this machine (the embedded default); Ctrl-C stops both."""
+    """Start the API and one worker on this machine (the embedded default) and keep them running: a process that
+    dies is restarted (the job a dead worker held goes back to the queue). Ctrl-C stops both."""
+    from app.supervisor import Supervisor, reclaim_jobs_of
+
     _prepare()
-    procs = [subprocess.Popen(worker_command()), subprocess.Popen(api_command(host, port))]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s finetune up: %(message)s")
+    settings = get_settings()
+    supervisor = Supervisor(
+        {"worker": worker_command(), "api": api_command(host, port)},
+        on_exit=lambda name, proc: reclaim_jobs_of(settings, name, proc),
+    )
     typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")
-
-    def on_sigterm(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
-        stop(procs, timeout=30)
+    raise typer.Exit(supervisor.run())
 
 
 def main() -> None:

@@ -13,11 +13,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+import app.all_tables  # noqa: F401
 from app import processes
+from app.config import Settings
+from app.db import utcnow
+from app.jobs.reaper import reclaim_from_dead_worker
+from app.jobs.tables import JobEvent, JobStatus, TrainingJob
 from app.supervisor import Supervisor, describe_exit
 from tests.conftest import wait_for_job
-from tests.factories import text_csv, text_rows
+from tests.factories import insert_job, text_csv, text_rows
 from tests.stacks import private_stack, process_env
 
 FAST_LEASES = {
@@ -156,3 +162,31 @@ def test_a_child_that_keeps_failing_is_restarted_with_backoff_then_the_superviso
 )
 def test_exits_are_described_for_the_job_event(returncode, words):
     assert words in describe_exit(returncode)
+
+
+def test_the_jobs_a_dead_worker_held_are_reclaimed_at_once_with_an_event(db):
+    settings = Settings(lease_seconds=60, heartbeat_seconds=10, max_restarts=2)
+    now = utcnow()  # fresh heartbeats: the leases have not expired, the supervisor saw the process die
+    held = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=now, worker="host:41")
+    cancelling = insert_job(
+        db, status=JobStatus.running, attempt=1, heartbeat_at=now, worker="host:41", cancel_requested=True
+    )
+    spent = insert_job(db, status=JobStatus.running, attempt=3, heartbeat_at=now, worker="host:41")
+    elsewhere = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=now, worker="host:42")
+
+    sent: list[str] = []
+    how = describe_exit(-9) + " and is being restarted"
+    with db.session() as session:
+        reclaimed = reclaim_from_dead_worker(session, settings, "host:41", how, sent.append)
+    assert sorted(reclaimed) == sorted([held, cancelling, spent]) and sent == [held]
+    with db.session() as session:
+        statuses = {job_id: session.get(TrainingJob, job_id).status for job_id in (held, cancelling, spent, elsewhere)}
+        events = {e.job_id: e for e in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(reclaimed)))}
+    assert statuses == {held: "queued", cancelling: "cancelled", spent: "failed", elsewhere: "running"}
+    assert events[held].kind == "requeued"
+    assert "worker host:41 died (signal 9: SIGKILL" in events[held].message
+    assert "restarted" in events[held].message and "last checkpoint" in events[held].message
+    assert "gave up after 2 restarts" in events[spent].message
+
+    with db.session() as session:  # once reclaimed, nothing is left to reclaim
+        assert reclaim_from_dead_worker(session, settings, "host:41", how, sent.append) == []

@@ -118,13 +118,14 @@ def keys_revoke(prefix_or_id: str = typer.Argument(..., help="the key's prefix o
     db = Database(get_settings().database_url)
     try:
         with db.session() as session:
-            key = revoke_key(session, prefix_or_id)
+            key, now = revoke_key(session, prefix_or_id)
     except NotFound as exc:
         typer.echo(exc.detail, err=True)
         raise typer.Exit(1) from exc
     finally:
         db.dispose()
-    typer.echo(f"revoked {key.prefix} ({key.id}) at {_when(key.revoked_at)} UTC")
+    already = "" if now else "already "
+    typer.echo(f"{already}revoked {key.prefix} ({key.id}) at {_when(key.revoked_at)} UTC")
 
 
 @cli.command()

@@ -66,14 +66,17 @@ def test_list_shows_keys_without_secrets_and_revoke_answers_401_on_the_next_requ
     assert rows[1]["last_used_at"] is None
 
     revoked = cli(service, "keys", "revoke", key[:10])
-    assert mine["id"] in revoked.stdout
+    assert revoked.stdout.startswith("revoked ") and mine["id"] in revoked.stdout
     with service.client(key) as client:
         assert_problem(client.get("/datasets"), 401, "revoked", "finetune keys create")
         assert_problem(client.post("/predict", json={"texts": ["x"]}), 401, "revoked")
     with service.client(other) as client:  # the team's other key still works
         assert client.get("/datasets").status_code == 200
-    assert listed(service, "keys-revoke")[0]["revoked_at"] is not None
-    assert cli(service, "keys", "revoke", mine["id"]).returncode == 0  # again, by id: nothing changes
+    revoked_at = listed(service, "keys-revoke")[0]["revoked_at"]
+    assert revoked_at is not None
+    again = cli(service, "keys", "revoke", mine["id"])  # again, by id: nothing changes
+    assert again.stdout.startswith("already revoked")
+    assert listed(service, "keys-revoke")[0]["revoked_at"] == revoked_at
 
     unknown = cli(service, "keys", "revoke", "ftk_nosuch", check=False)
     assert unknown.returncode == 1 and "finetune keys list" in unknown.stderr

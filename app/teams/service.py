@@ -76,9 +76,9 @@ def list_keys(session: Session, team_name: str | None = None) -> list[KeyInfo]:
     ]
 
 
-def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
+def revoke_key(session: Session, prefix_or_id: str) -> tuple[ApiKey, bool]:
     """Revoke the key with this id, prefix (as `keys list` shows it) or plain value; its next request gets 401.
-    Revoking a revoked key changes nothing. NotFound if none matches, or if a prefix is ambiguous (listing the ids
+    Returns the key and whether this call revoked it (a revoked key stays as it was). NotFound if none matches, or if a prefix is ambiguous (listing the ids
     to choose from)."""
     matches = list(
         session.scalars(
@@ -93,10 +93,11 @@ def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
         ids = ", ".join(k.id for k in matches)
         raise NotFound(f"Several keys start with '{prefix_or_id[:40]}'; revoke one by its id: {ids}.")
     key = matches[0]
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        session.flush()
-    return key
+    if key.revoked_at is not None:
+        return key, False
+    key.revoked_at = utcnow()
+    session.flush()
+    return key, True
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import signal
-import subprocess
 import sys
-import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 
 import typer
 
 from app.config import get_settings
-from app.processes import api_command, stop, worker_command
+from app.processes import api_command, worker_command
+from app.teams.scopes import parse_scopes
+from app.teams.tables import DEFAULT_SCOPES
 
 cli = typer.Typer(help="Self-hosted fine-tuning service.", no_args_is_help=True, add_completion=False)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -29,18 +32,102 @@ def _prepare() -> None:
     upgrade(settings.database_url)
 
 
+def _expiry(expires_in_days: float | None, expires_at: str | None) -> datetime | None:
+    """The expiry the options ask for (UTC; an ISO time without a zone is read as UTC), or None."""
+    if expires_in_days is not None and expires_at is not None:
+        raise typer.BadParameter("give --expires-in-days or --expires-at, not both")
+    if expires_in_days is not None:
+        return datetime.now(UTC) + timedelta(days=expires_in_days)
+    if expires_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(expires_at)
+    except ValueError as exc:
+        raise typer.BadParameter("use an ISO 8601 time such as 2027-01-31 or 2027-01-31T18:00:00Z") from exc
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        raise typer.BadParameter(f"{when.isoformat()} is in the past")
+    return when.astimezone(UTC)
+
+
 @keys.command("create")
-def keys_create(team: str = typer.Option(..., "--team", help="team name; created if new")) -> None:
+def keys_create(
+    team: str = typer.Option(..., "--team", help="team name; created if new"),
+    scope: str = typer.Option(
+        DEFAULT_SCOPES, "--scope", help="comma-separated: read, train (includes read), predict, admin (all)"
+    ),
+    expires_in_days: float = typer.Option(None, "--expires-in-days", min=0, help="the key stops working after this"),
+    expires_at: str = typer.Option(None, "--expires-at", help="or at this ISO 8601 time (UTC unless it says)"),
+) -> None:
     """Create an API key for TEAM and print it once (only its hash is stored)."""
     from app.db import Database
     from app.teams.service import create_key
 
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from exc
+    expiry = _expiry(expires_in_days, expires_at)
     _prepare()
     db = Database(get_settings().database_url)
     with db.session() as session:
-        _, key = create_key(session, team)
+        _, key = create_key(session, team, scopes, expiry)
     db.dispose()
     typer.echo(key)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+@keys.command("list")
+def keys_list(
+    team: str = typer.Option(None, "--team", help="only this team's keys"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per key"),
+) -> None:
+    """Every key: prefix, id, team, scopes, created, expires, last used (to the minute), revoked. Never the key."""
+    from app.db import Database
+    from app.teams.service import list_keys
+
+    _prepare()
+    db = Database(get_settings().database_url)
+    with db.session() as session:
+        rows = list_keys(session, team)
+    db.dispose()
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(asdict(row), default=lambda v: v.isoformat()))
+        return
+    header = ("PREFIX", "ID", "TEAM", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "REVOKED")
+    table = [header] + [
+        (r.prefix, r.id, r.team, r.scopes, _when(r.created_at), _when(r.expires_at), _when(r.last_used_at),
+         _when(r.revoked_at))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+@keys.command("revoke")
+def keys_revoke(prefix_or_id: str = typer.Argument(..., help="the key's prefix or id from `keys list`")) -> None:
+    """Revoke a key: its next request gets 401. Revoking a revoked key changes nothing."""
+    from app.db import Database
+    from app.errors import NotFound
+    from app.teams.service import revoke_key
+
+    _prepare()
+    db = Database(get_settings().database_url)
+    try:
+        with db.session() as session:
+            key, now = revoke_key(session, prefix_or_id)
+    except NotFound as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+    already = "" if now else "already "
+    typer.echo(f"{already}revoked {key.prefix} ({key.id}) at {_when(key.revoked_at)} UTC")
 
 
 @teams.command("limits")
@@ -101,23 +188,19 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @cli.command()
 def up(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Start the API and one worker on this machine (the embedded default); Ctrl-C stops both."""
+    """Start the API and one worker on this machine (the embedded default) and keep them running: a process that
+    dies is restarted (the job a dead worker held goes back to the queue). Ctrl-C stops both."""
+    from app.supervisor import Supervisor, reclaim_jobs_of
+
     _prepare()
-    procs = [subprocess.Popen(worker_command()), subprocess.Popen(api_command(host, port))]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s finetune up: %(message)s")
+    settings = get_settings()
+    supervisor = Supervisor(
+        {"worker": worker_command(), "api": api_command(host, port)},
+        on_exit=lambda name, proc: reclaim_jobs_of(settings, name, proc),
+    )
     typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")
-
-    def on_sigterm(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
-        stop(procs, timeout=30)
+    raise typer.Exit(supervisor.run())
 
 
 def main() -> None:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(
         600, gt=0, description="re-send a queued job's message this long after the last send (lost broker messages)"
     )
+    auth_failure_limit: int = Field(
+        20, ge=1, description="failed authentications per client address and window before 429 (per API process)"
+    )
+    auth_failure_window_seconds: float = Field(60, gt=0, description="the sliding window of auth_failure_limit")
     reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
 
     @model_validator(mode="after")

@@ -14,8 +14,10 @@ from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.errors import Unauthorized
 from app.queue import enqueue_training
-from app.teams.service import team_for_key
+from app.teams.scopes import Scope
+from app.teams.service import Caller, authenticate
 from app.teams.tables import Team
+from app.teams.throttle import FailedAuthThrottle
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create --team NAME`")
 
@@ -33,17 +35,55 @@ def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def get_team(
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def authenticate_request(
+    session: Session, request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Caller:
+    """The caller of `request`: 401 without a key; 429 from an address with too many failed keys (checked before
+    the database); 401 for an unknown, revoked or expired key, which counts as a failure of its address."""
+    key = bearer_key(credentials)
+    throttle: FailedAuthThrottle = request.app.state.auth_throttle
+    address = client_address(request)
+    throttle.check(address)
+    try:
+        return authenticate(session, key)
+    except Unauthorized:
+        throttle.failed(address)
+        raise
+
+
+def get_caller(
+    request: Request,
     session: Annotated[Session, Depends(get_session, scope="function")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Team:
-    return team_for_key(session, bearer_key(credentials))
+) -> Caller:
+    return authenticate_request(session, request, credentials)
 
 
-def authenticate(state: Any, key: str, client_ip: str) -> None:
-    """Raise Unauthorized unless `key` is a live key (the request-limits middleware's check, before any body)."""
+def require(scope: Scope) -> Callable[..., Team]:
+    """A dependency: the caller's team if its key has `scope` (admin has all), else 403 naming the scope."""
+
+    def team_with_scope(caller: Annotated[Caller, Depends(get_caller)]) -> Team:
+        return caller.require(scope)
+
+    team_with_scope.__name__ = f"team_with_{scope}_scope"
+    return team_with_scope
+
+
+def check_key_before_body(state: Any, key: str, address: str) -> None:
+    """The request-limits middleware's check, before any body is read: the same throttle and key rules as every
+    route (429 for an address with too many failed keys, 401 for an unknown, revoked or expired key)."""
+    throttle: FailedAuthThrottle = state.auth_throttle
+    throttle.check(address)
     with state.db.session() as session:
-        team_for_key(session, key)
+        try:
+            authenticate(session, key)
+        except Unauthorized:
+            throttle.failed(address)
+            raise
 
 
 def get_store(request: Request) -> ArtifactStore:
@@ -61,7 +101,10 @@ def get_settings_dep(request: Request) -> Settings:
 
 # scope="function": the session commits before the response is sent, so a client never reads stale state.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-CurrentTeam = Annotated[Team, Depends(get_team)]
+# Every route needs a key with a scope: `team: CurrentTeam` (read) in its signature, and routes that change
+# something add `dependencies=[NEEDS_TRAIN]` (one key lookup serves both); /predict checks its own scope.
+CurrentTeam = Annotated[Team, Depends(require(Scope.read))]
+NEEDS_TRAIN: Any = Depends(require(Scope.train))
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SendJob = Annotated[Callable[[str], None], Depends(get_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

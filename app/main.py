@@ -20,7 +20,7 @@ from app.artifacts.store import ArtifactStore
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
-from app.deps import authenticate
+from app.deps import check_key_before_body
 from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
@@ -29,6 +29,7 @@ from app.queue import make_celery
 from app.quotas.router import router as usage_router
 from app.registry.router import router as models_router
 from app.request_limits import RequestLimits
+from app.teams.throttle import FailedAuthThrottle
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = Database(settings.database_url)
         app.state.store = ArtifactStore.from_settings(settings)
         app.state.celery = make_celery(settings)
+        app.state.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
         app.state.model_cache = ModelCache(
             settings.model_cache_size,
             max_batch=settings.predict_max_batch,
@@ -101,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(RequestLimits, settings=settings, authenticate=authenticate)
+    app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
     for router in (datasets_router, jobs_router, models_router, predict_router, usage_router):
         app.include_router(router)
 

@@ -26,6 +26,11 @@ def worker_command(name: str = "worker") -> list[str]:
     ]  # fmt: skip
 
 
+def worker_identity(pid: int) -> str:
+    """How a worker process names itself in a job's `worker` column (host and pid)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def api_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
 

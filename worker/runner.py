@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from app.jobs import lifecycle
 from app.jobs.lifecycle import Event
 from app.jobs.service import JobSpec, read_job_spec
 from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, user_facing
+from app.processes import worker_identity
 from app.registry.service import register_model
 from worker.checkpoints import CheckpointWriter, resume_latest
 from worker.context import JobContext
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return worker_identity(os.getpid())
 
 
 def pick_device() -> torch.device:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
@@ -27,7 +27,9 @@ def valid_dataset(dataset_id: str, team: CurrentTeam, session: SessionDep) -> Da
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 
 
-@router.post("", status_code=201, response_model=DatasetRead, responses=IDEMPOTENT_RESPONSES)
+@router.post(
+    "", status_code=201, response_model=DatasetRead, responses=IDEMPOTENT_RESPONSES, dependencies=[NEEDS_TRAIN]
+)
 def upload_dataset(
     team: CurrentTeam,
     session: SessionDep,
@@ -76,6 +78,6 @@ def read_dataset(dataset: ValidDataset) -> Dataset:
     return dataset
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, dependencies=[NEEDS_TRAIN])
 def delete_dataset(dataset: ValidDataset, session: SessionDep, store: StoreDep) -> None:
     service.delete_dataset(session, store, dataset)

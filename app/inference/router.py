@@ -11,10 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import bearer, bearer_key, get_team
+from app.deps import authenticate_request, bearer, bearer_key, client_address
 from app.errors import InvalidInput
 from app.inference import service
 from app.inference.cache import ModelCache
+from app.teams.scopes import Scope
 
 router = APIRouter(tags=["predict"])
 # Only the bearer header is a dependency: the database work happens in the handler's single worker-thread hop.
@@ -75,7 +76,7 @@ def _authorize_and_prepare(
 ) -> tuple[service.PreparedRequest, int]:
     """Everything that blocks, in one worker thread: the key, the body, the model lookup, loading, encoding."""
     with request.app.state.db.session() as session:
-        team = get_team(session, credentials)
+        team = authenticate_request(session, request, credentials).require(Scope.predict)
         body, images = _parse(raw)
         prepared = service.prepare(
             session, request.app.state.store, request.app.state.model_cache, team.id, body.model, body.texts, images
@@ -91,6 +92,7 @@ def _authorize_and_prepare(
 async def predict_endpoint(request: Request, response: Response, credentials: BearerCredentials) -> dict:
     """Top-k labels for each input; concurrent requests for one model share forward passes (X-Batch-* headers)."""
     bearer_key(credentials)  # a 401 before any upload is read
+    request.app.state.auth_throttle.check(client_address(request))  # and a 429 for an address guessing keys
     cache: ModelCache = request.app.state.model_cache
     with cache.preparing:  # the batcher waits for company only while some request is still on its way
         raw = await _read(request)

@@ -225,10 +225,15 @@ def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> None:
 # --- the reaper ---------------------------------------------------------------------------------------------------
 
 
-def reclaim_lost(session: Session, job: TrainingJob, settings: Settings, now: datetime) -> Event | None:
+def reclaim_lost(
+    session: Session, job: TrainingJob, settings: Settings, now: datetime, *, died: str | None = None
+) -> Event | None:
     """A running job whose lease expired: requeue it, or end it if it was being cancelled or has used up its
-    restarts. Returns the event applied, None if another reaper (or a late heartbeat) got there first."""
-    lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
+    restarts. Returns the event applied, None if another reaper (or a late heartbeat) got there first.
+
+    `died`: the supervisor of `finetune up` saw this job's worker process exit and says how; the job is reclaimed at
+    once (fenced by its attempt and worker) instead of after its lease expires."""
+    lost = died or f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
     values: dict[str, Any] = {"finished_at": now}
     if job.cancel_requested:
         event, kind, message = (
@@ -243,8 +248,11 @@ def reclaim_lost(session: Session, job: TrainingJob, settings: Settings, now: da
     else:
         event, kind, message = Event.lease_lost, "requeued", f"{lost}; requeued to resume from its last checkpoint"
         values = {"worker": None, "enqueued_at": None}
-    lease_cutoff = now - timedelta(seconds=settings.lease_seconds)
-    fence = (TrainingJob.attempt == job.attempt, TrainingJob.heartbeat_at < lease_cutoff)
+    if died is None:
+        lease_cutoff = now - timedelta(seconds=settings.lease_seconds)
+        fence = (TrainingJob.attempt == job.attempt, TrainingJob.heartbeat_at < lease_cutoff)
+    else:
+        fence = (TrainingJob.attempt == job.attempt, TrainingJob.worker == job.worker)
     if not _move(session, job.id, event, *fence, **values):
         return None
     _event(session, job.id, kind, message, job.attempt)

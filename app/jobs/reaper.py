@@ -56,3 +56,25 @@ def reap(session: Session, settings: Settings, send: Callable[[str], None]) -> R
         if sending == Sending.sent:
             result.sent.append(job_id)
     return result
+
+
+def reclaim_from_dead_worker(
+    session: Session, settings: Settings, worker: str, how: str, send: Callable[[str], None]
+) -> list[str]:
+    """The jobs the worker process named `worker` (see worker.runner.worker_name) held when it died: reclaimed now,
+    each with an event that says `how` it died, and the requeued ones sent again. Returns their ids."""
+    held = session.scalars(
+        select(TrainingJob).where(TrainingJob.status == JobStatus.running, TrainingJob.worker == worker)
+    ).all()
+    now = utcnow()
+    reclaimed = []
+    for job in held:
+        died = f"worker {worker} {how} (attempt {job.attempt})"
+        event = lifecycle.reclaim_lost(session, job, settings, now, died=died)
+        if event is not None:
+            reclaimed.append((job.id, event))
+    session.commit()
+    for job_id, event in reclaimed:
+        if event == Event.lease_lost:
+            lifecycle.dispatch(session, job_id, send)
+    return [job_id for job_id, _ in reclaimed]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SendJob, SessionDep, SettingsDep, StoreDep
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
 from app.jobs import lifecycle, service
@@ -27,7 +27,7 @@ MetricPaging = Annotated[PageParams, paging(1000, 10000)]
 EventPaging = Annotated[PageParams, paging(100, 1000)]
 
 
-@router.post("", status_code=201, response_model=JobRead, responses=IDEMPOTENT_RESPONSES)
+@router.post("", status_code=201, response_model=JobRead, responses=IDEMPOTENT_RESPONSES, dependencies=[NEEDS_TRAIN])
 def submit_job(
     spec: JobCreate,
     team: CurrentTeam,
@@ -63,13 +63,13 @@ def read_job(job: ValidJob) -> TrainingJob:
     return job
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, dependencies=[NEEDS_TRAIN])
 def delete_job(job: ValidJob, session: SessionDep, store: StoreDep) -> None:
     """Delete a finished job with its metrics, events and checkpoints (its model stays; see DELETE /models/{id})."""
     service.delete_job(session, store, job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, dependencies=[NEEDS_TRAIN])
 def cancel_job(job: ValidJob, session: SessionDep) -> TrainingJob:
     return lifecycle.request_cancel(session, job)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from app.deps import CurrentTeam, SessionDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep, StoreDep
 from app.pagination import Page, Paging
 from app.registry import service
 from app.registry.schemas import AliasRead, AliasSet, ModelRead
@@ -30,14 +30,14 @@ def read_model(model_id: str, team: CurrentTeam, session: SessionDep) -> Registe
     return service.get_model(session, team.id, model_id)
 
 
-@router.delete("/models/{model_id}", status_code=204)
+@router.delete("/models/{model_id}", status_code=204, dependencies=[NEEDS_TRAIN])
 def delete_model(model_id: str, team: CurrentTeam, session: SessionDep, store: StoreDep, request: Request) -> None:
     """Delete a model and its files; refused (409) while an alias routes to it or a job trains from it."""
     service.delete_model(session, store, team.id, model_id)
     request.app.state.model_cache.discard(model_id)
 
 
-@router.put("/aliases/{name}", response_model=AliasRead)
+@router.put("/aliases/{name}", response_model=AliasRead, dependencies=[NEEDS_TRAIN])
 def set_alias(
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")],
     body: AliasSet,

@@ -9,6 +9,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
 
+# What a key may do unless it was created with --scope (admin is only ever given on request).
+DEFAULT_SCOPES = "read,train,predict"
+
 
 class Team(Base):
     __tablename__ = "team"
@@ -28,5 +31,10 @@ class ApiKey(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("team.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # comma-separated, from app.teams.scopes.Scope
+    scopes: Mapped[str] = mapped_column(String(100), default=DEFAULT_SCOPES, server_default=DEFAULT_SCOPES)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # updated at most once a minute per key (see app.teams.service.authenticate)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
+    job_memory_budget_mb: int = Field(
+        8192,
+        ge=1,
+        description="Most memory one job's decoded dataset may take in a worker (images at their training size, "
+        "token ids); a job over it is refused at submit, and a worker decodes per batch what would not fit",
+    )
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

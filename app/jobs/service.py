@@ -15,6 +15,7 @@ from app.datasets.tables import Dataset
 from app.errors import NotFound
 from app.jobs import lifecycle
 from app.jobs.defaults import apply_defaults
+from app.jobs.memory import expected_memory
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.stop_reasons import JobFailed
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
@@ -29,15 +30,15 @@ def create_job(
     dataset = get_dataset(session, team_id, spec.dataset_id)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
+    hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
+    hp.expected_memory = expected_memory(dataset, base, hp, settings.job_memory_budget_mb)
     job = lifecycle.submit(
         session,
         team_id=team_id,
         dataset_id=dataset.id,
         task=task,
         base_model=spec.base_model,
-        hyperparameters=apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family).model_dump(
-            mode="json"
-        ),
+        hyperparameters=hp.model_dump(mode="json"),
     )
     session.commit()
     lifecycle.dispatch(session, job.id, send)

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")
     team_max_active_jobs: int = Field(10, ge=1, description="jobs one team may have queued or running at once")
     team_max_storage_mb: int = Field(100_000, ge=1, description="datasets, models and checkpoints one team may store")
+    job_memory_budget_mb: int = Field(
+        8192,
+        ge=1,
+        description="Most memory one job's decoded dataset may take in a worker (images at their training size, "
+        "token ids); a job over it is refused at submit, and a worker decodes per batch what would not fit",
+    )
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import Database, new_id
 from app.jobs import lifecycle
 from app.jobs.lifecycle import Event
+from app.jobs.memory import MB
 from app.jobs.service import JobSpec, read_job_spec
 from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, user_facing
 from app.processes import worker_identity
@@ -93,7 +94,8 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
     base_path = spec.base_model.local_folder(ctx.store)
     records = read_dataset(ctx.store, spec.dataset_key)
     try:
-        run, notes = build_run(spec.task, base_path, spec.labels, records, hp, pick_device())
+        budget = ctx.settings.job_memory_budget_mb * MB
+        run, notes = build_run(spec.task, base_path, spec.labels, records, hp, pick_device(), budget)
     except (OSError, ValueError, KeyError) as exc:
         raise JobFailed(
             f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"

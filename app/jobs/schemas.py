@@ -62,6 +62,11 @@ class Hyperparameters(BaseModel):
     auto: dict[str, str] = Field(
         default_factory=dict, description="read only: what each 'auto' setting became for this job's data, and why"
     )
+    expected_memory: dict[str, Any] = Field(
+        default_factory=dict,
+        description="read only: the memory this job will take in a worker, in MB, estimated at submit (see "
+        "app/jobs/memory.py); its decoded dataset must fit data_cache_budget_mb (FINETUNE_JOB_MEMORY_BUDGET_MB)",
+    )
 
     @field_validator("epochs", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from app.datasets.tables import Dataset
 from app.errors import Conflict, NotFound
 from app.jobs import lifecycle
 from app.jobs.defaults import apply_defaults
+from app.jobs.memory import expected_memory
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.spec_checks import check_spec
 from app.jobs.stop_reasons import JobFailed
@@ -40,15 +41,16 @@ def create_job(
     dataset = get_dataset(session, team_id, spec.dataset_id)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
-    hyperparameters = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
-    check_spec(hyperparameters, dataset, base, store, task)
+    hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
+    check_spec(hp, dataset, base, store, task)
+    hp.expected_memory = expected_memory(dataset, base, hp, settings.job_memory_budget_mb)
     job = lifecycle.submit(
         session,
         team_id=team_id,
         dataset_id=dataset.id,
         task=task,
         base_model=spec.base_model,
-        hyperparameters=hyperparameters.model_dump(mode="json"),
+        hyperparameters=hp.model_dump(mode="json"),
     )
     on_created(job)
     session.commit()

@@ -117,7 +117,32 @@ def decode(image: bytes | Image.Image, size: int) -> torch.Tensor:
 def encode(processor: Any, images: list[bytes], prep: Preprocessing) -> torch.Tensor:
     """All images decoded once into an N x 3 x H x W uint8 tensor (a quarter of float32's memory)."""
     assert prep.image_size is not None
-    return torch.stack([decode(b, prep.image_size) for b in images]) if images else torch.empty(0, 3, 1, 1)
+    return decode_all(images, prep.image_size)
+
+
+def decode_all(images: list[bytes], size: int) -> torch.Tensor:
+    """Images decoded into one N x 3 x size x size uint8 tensor, each written into its place: the tensor's memory
+    once, not twice as stacking a list of decoded images would take."""
+    if not images:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    pixels = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
+    for i, image in enumerate(images):
+        pixels[i] = decode(image, size)
+    return pixels
+
+
+class DecodedPerBatch:
+    """Images kept as their files and decoded when a batch selects them: for a dataset whose decoded tensor would
+    exceed the job's memory budget. Indexed like the uint8 tensor `encode` returns."""
+
+    def __init__(self, images: list[bytes], size: int) -> None:
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return decode_all([self.images[i] for i in indices.tolist()], self.size)
 
 
 def collate(prep: Preprocessing, pixels: torch.Tensor) -> dict[str, torch.Tensor]:

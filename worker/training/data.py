@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from app.jobs.memory import decoded_image_bytes
 from app.tasktypes.common import Preprocessing
+from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import TaskSpec
 
 SPLITS = ("train", "val", "test")
@@ -16,7 +18,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitData:
-    """One split: encoded inputs (token id lists or a uint8 image tensor) and label indices."""
+    """One split: encoded inputs (token id lists, a uint8 image tensor or images decoded per batch) and label
+    indices."""
 
     encoded: Any
     labels: torch.Tensor
@@ -25,13 +28,19 @@ class SplitData:
         return len(self.labels)
 
 
-def prepare_splits(records: list[dict], spec: TaskSpec, processor: Any, prep: Preprocessing) -> dict[str, SplitData]:
-    """Decode or tokenize every record exactly once."""
+def prepare_splits(
+    records: list[dict], spec: TaskSpec, processor: Any, prep: Preprocessing, budget_bytes: int | None = None
+) -> dict[str, SplitData]:
+    """Decode or tokenize every record exactly once; images whose uint8 tensors would take more than
+    `budget_bytes` in all are decoded per batch instead."""
     label_index = {label: i for i, label in enumerate(prep.labels)}
+    side = prep.image_size
+    per_batch = side is not None and budget_bytes is not None and decoded_image_bytes(len(records), side) > budget_bytes
     splits = {}
     for split in SPLITS:
         rows = [r for r in records if r["split"] == split]
-        encoded = spec.encode(processor, [spec.record_input(r) for r in rows], prep)
+        inputs = [spec.record_input(r) for r in rows]
+        encoded = DecodedPerBatch(inputs, side) if per_batch and side else spec.encode(processor, inputs, prep)
         labels = torch.tensor([label_index[r["label"]] for r in rows], dtype=torch.long)
         splits[split] = SplitData(encoded, labels)
     return splits

@@ -13,6 +13,7 @@ from transformers import get_scheduler
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import head_parameter_names, trained_labels
+from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import task_spec
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
@@ -28,17 +29,29 @@ def seed_everything(seed: int) -> None:
 
 
 def build_run(
-    task: str, base_path: Path, labels: list[str], records: list[dict], hp: Hyperparameters, device: torch.device
+    task: str,
+    base_path: Path,
+    labels: list[str],
+    records: list[dict],
+    hp: Hyperparameters,
+    device: torch.device,
+    data_budget_bytes: int | None = None,
 ) -> tuple[Run, list[str]]:
-    """A ready-to-train Run and notes worth an event (ignored options and the like)."""
+    """A ready-to-train Run and notes worth an event (ignored options and the like). Images are decoded once into
+    memory when they fit `data_budget_bytes`, else per batch."""
     seed_everything(hp.seed)
     spec = task_spec(task)
     processor = spec.load_processor(base_path)
     prep = spec.make_preprocessing(processor, labels, hp)
-    splits = prepare_splits(records, spec, processor, prep)
+    splits = prepare_splits(records, spec, processor, prep, data_budget_bytes)
     hp = apply_defaults(hp, task, len(splits["train"]))
     assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler, "apply_defaults decides these"
     model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
+    if isinstance(splits["train"].encoded, DecodedPerBatch):
+        notes.append(
+            "the decoded images would take more memory than a job may hold (FINETUNE_JOB_MEMORY_BUDGET_MB): "
+            "they are decoded per batch instead, which is slower"
+        )
     torch.nn.Module.to(model, device)  # PreTrainedModel.to's type hints reject a device
     head = head_parameter_names(model, fresh)
     if hp.freeze == "backbone":

@@ -47,12 +47,14 @@ def authenticate_request(
     key = bearer_key(credentials)
     throttle: FailedAuthThrottle = request.app.state.auth_throttle
     address = client_address(request)
-    throttle.check(address)
+    throttle.check(address, key)
     try:
-        return authenticate(session, key)
+        caller = authenticate(session, key)
     except Unauthorized:
         throttle.failed(address)
         raise
+    throttle.succeeded(key)
+    return caller
 
 
 def get_caller(
@@ -77,13 +79,14 @@ def check_key_before_body(state: Any, key: str, address: str) -> None:
     """The request-limits middleware's check, before any body is read: the same throttle and key rules as every
     route (429 for an address with too many failed keys, 401 for an unknown, revoked or expired key)."""
     throttle: FailedAuthThrottle = state.auth_throttle
-    throttle.check(address)
+    throttle.check(address, key)
     with state.db.session() as session:
         try:
             authenticate(session, key)
         except Unauthorized:
             throttle.failed(address)
             raise
+    throttle.succeeded(key)
 
 
 def get_store(request: Request) -> ArtifactStore:

@@ -184,9 +184,11 @@ def test_wrong_keys_from_one_address_are_throttled_with_retry_after(service, key
         assert_problem(throttled, 429, "failed authentications", "retry after")
         assert 1 <= int(throttled.headers["Retry-After"]) <= service.settings.auth_failure_window_seconds
         assert_problem(wrong.post("/predict", json={"texts": ["x"]}, headers=attacker), 429)
-    with service.client(key) as client:
-        assert_problem(client.get("/jobs", headers=attacker), 429)  # the address is refused until the window slides
-        assert client.get("/jobs", headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 200
+    with service.client(service.new_key("team-new-at-throttled-address")) as newcomer:
+        assert_problem(newcomer.get("/jobs", headers=attacker), 429)  # unknown here: refused until the window slides
+        assert newcomer.get("/jobs", headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 200
+    with service.client(key) as client:  # a key that authenticated lately is not locked out by its neighbour
+        assert client.get("/jobs", headers=attacker).status_code == 200
         assert client.get("/jobs").status_code == 200
 
 
@@ -199,6 +201,10 @@ def test_the_failure_window_slides():
         throttle.check("10.0.0.1")
     assert refused.value.headers["Retry-After"] == "1"
     throttle.check("10.0.0.2")  # other addresses are not affected
+    throttle.succeeded("ftk_good")
+    throttle.check("10.0.0.1", "ftk_good")  # a key that authenticated lately passes the throttled address
+    with pytest.raises(TooManyRequests):
+        throttle.check("10.0.0.1", "ftk_other")
     time.sleep(0.6)
     throttle.check("10.0.0.1")  # the old failures left the window
     throttle.failed("10.0.0.1")

@@ -91,8 +91,8 @@ def _authorize_and_prepare(
 )
 async def predict_endpoint(request: Request, response: Response, credentials: BearerCredentials) -> dict:
     """Top-k labels for each input; concurrent requests for one model share forward passes (X-Batch-* headers)."""
-    bearer_key(credentials)  # a 401 before any upload is read
-    request.app.state.auth_throttle.check(client_address(request))  # and a 429 for an address guessing keys
+    key = bearer_key(credentials)  # a 401 before any upload is read
+    request.app.state.auth_throttle.check(client_address(request), key)  # and a 429 for an address guessing keys
     cache: ModelCache = request.app.state.model_cache
     with cache.preparing:  # the batcher waits for company only while some request is still on its way
         raw = await _read(request)

@@ -188,8 +188,8 @@ def test_wrong_keys_from_one_address_are_throttled_with_retry_after(service, key
         assert_problem(newcomer.get("/jobs", headers=attacker), 429)  # unknown here: refused until the window slides
         assert newcomer.get("/jobs", headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 200
     with service.client(key) as client:  # a key that authenticated lately is not locked out by its neighbour
-        assert client.get("/jobs", headers=attacker).status_code == 200
         assert client.get("/jobs").status_code == 200
+        assert client.get("/jobs", headers=attacker).status_code == 200
 
 
 def test_the_failure_window_slides():

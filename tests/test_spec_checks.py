@@ -40,6 +40,13 @@ def test_max_length_beyond_the_models_positions(client, text_dataset):
     )  # fmt: skip
     assert ok.status_code == 201, ok.text
     client.post(f"/jobs/{ok.json()['id']}/cancel")
+    default = client.post(
+        "/jobs", json={"dataset_id": text_dataset, "base_model": "tiny-bert", "hyperparameters": {"max_steps": 1}}
+    )  # the default (128) is fitted to the model, and the spec says why
+    assert default.status_code == 201, default.text
+    assert default.json()["hyperparameters"]["max_length"] == 64
+    assert "at most 64 tokens" in default.json()["hyperparameters"]["auto"]["max_length"]
+    client.post(f"/jobs/{default.json()['id']}/cancel")
 
 
 def test_a_dataset_without_val_or_test_examples(client):

@@ -42,7 +42,7 @@ def create_job(
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
     hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
-    check_spec(hp, dataset, base, store, task)
+    check_spec(hp, dataset, base, store, task, spec.hyperparameters.model_fields_set)
     hp.expected_memory = expected_memory(dataset, base, hp, settings.job_memory_budget_mb)
     job = lifecycle.submit(
         session,

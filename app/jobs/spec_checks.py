@@ -21,12 +21,24 @@ WHY_SPLIT = {
 }
 
 
-def check_spec(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, task: TaskType) -> None:
-    """Raise InvalidInput for a spec that cannot run on this dataset and base model."""
+def check_spec(
+    hp: Hyperparameters,
+    dataset: Dataset,
+    base: BaseModelRef,
+    store: ArtifactStore,
+    task: TaskType,
+    user_set: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Raise InvalidInput for a spec that cannot run on this dataset and base model. A default the model cannot
+    take is fitted to it instead (`user_set`: the hyperparameters the user chose; those are never changed)."""
     _check_splits(dataset)
     if task == TaskType.text_classification:
         positions = max_positions(base_config(base, store))
         if positions is not None and hp.max_length > positions:
+            if "max_length" not in user_set:
+                hp.max_length = positions
+                hp.auto["max_length"] = f"base_model '{base.name}' reads at most {positions} tokens"
+                return
             raise InvalidInput(
                 f"max_length {hp.max_length} is more than base_model '{base.name}' can read ({positions} tokens); "
                 f"set max_length to {positions} or less"

@@ -24,25 +24,33 @@ from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
+from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
+from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
 from app.registry.router import router as models_router
+from app.request_ids import RequestIdMiddleware, current_request_id
 
-PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
+MAX_FIELD_ERRORS = 20  # a 422 lists at most this many invalid fields
 
 
 def problem(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
 ) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    """An RFC 9457 problem response; the detail never shows an absolute path, a repr or an unbounded echo."""
+    body = {"type": "about:blank", "title": clip(title), "status": status, "detail": public_text(detail), **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _field_errors(errors: Sequence[Any]) -> list[dict]:
+    """Pydantic's errors without their inputs; a field name the client made up is echoed at most ECHO_LIMIT long."""
     return [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
-        for e in errors
+        {
+            "field": clip(".".join(str(p) for p in e["loc"] if p != "body"), ECHO_LIMIT),
+            "message": public_text(e["msg"], 300),
+            "type": e["type"],
+        }
+        for e in errors[:MAX_FIELD_ERRORS]
     ]
 
 
@@ -60,14 +68,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(DBAPIError)
-    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         if is_connection_error(exc):
             return problem(503, "Database unavailable", "The database is unreachable right now; retry shortly.")
-        log.error("database error: %s", exc)
-        return problem(500, "Internal error", "The request failed on a database error; it was logged.")
+        request_id = current_request_id(request.scope) or ""
+        log.error("database error, request id %s: %s", request_id, exc)
+        detail = f"The request failed on a database error; it was logged with request id {request_id}."
+        return problem(500, "Internal error", detail, request_id=request_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,10 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Upload a labelled dataset, fine-tune a pretrained model, watch it, serve it.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
     for router in (datasets_router, jobs_router, models_router, predict_router):
         app.include_router(router)
+    document_problems(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -114,4 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(503, "Not ready", f"database: {exc.__class__.__name__}")
         return JSONResponse({"status": "ready"})
 
+    # Added last, so it is the outermost of the app's middleware: an error raised in any other one is answered too.
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
+from app.deps import CurrentTeam, ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
 from app.pagination import Page, Paging
 from app.tasktypes.types import TaskType
@@ -17,7 +17,7 @@ from app.tasktypes.types import TaskType
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-def valid_dataset(dataset_id: str, team: CurrentTeam, session: SessionDep) -> Dataset:
+def valid_dataset(dataset_id: ResourceId, team: CurrentTeam, session: SessionDep) -> Dataset:
     return service.get_dataset(session, team.id, dataset_id)
 
 
@@ -33,8 +33,8 @@ def upload_dataset(
     file: Annotated[UploadFile, File(description="a zip of class folders, or a CSV/JSONL file")],
     task: Annotated[TaskType, Form()],
     name: Annotated[str | None, Form(max_length=200)] = None,
-    text_column: Annotated[str, Form(min_length=1)] = "text",
-    label_column: Annotated[str, Form(min_length=1)] = "label",
+    text_column: Annotated[str, Form(min_length=1, max_length=200)] = "text",
+    label_column: Annotated[str, Form(min_length=1, max_length=200)] = "label",
 ) -> Dataset:
     limit = settings.max_upload_mb * 1024 * 1024
     data = file.file.read(limit + 1)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CurrentTeam, SendJob, SessionDep, SettingsDep
+from app.deps import CurrentTeam, ResourceId, SendJob, SessionDep, SettingsDep
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
@@ -15,7 +15,7 @@ from app.pagination import Page, PageParams, Paging, paging
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def valid_job(job_id: str, team: CurrentTeam, session: SessionDep) -> TrainingJob:
+def valid_job(job_id: ResourceId, team: CurrentTeam, session: SessionDep) -> TrainingJob:
     return service.get_job(session, team.id, job_id)
 
 

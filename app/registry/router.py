@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from app.deps import CurrentTeam, SessionDep
+from app.deps import CurrentTeam, ResourceId, SessionDep
 from app.pagination import Page, Paging
 from app.registry import service
 from app.registry.schemas import AliasRead, AliasSet, ModelRead
@@ -26,7 +26,7 @@ def list_models(
 
 
 @router.get("/models/{model_id}", response_model=ModelRead)
-def read_model(model_id: str, team: CurrentTeam, session: SessionDep) -> RegisteredModel:
+def read_model(model_id: ResourceId, team: CurrentTeam, session: SessionDep) -> RegisteredModel:
     return service.get_model(session, team.id, model_id)
 
 

@@ -10,7 +10,7 @@ from app.deps import CurrentTeam, ResourceId, SendJob, SessionDep, SettingsDep
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
-from app.pagination import Page, PageParams, Paging, paging
+from app.pagination import ROW_CURSOR, Page, PageParams, Paging, paging
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -20,8 +20,8 @@ def valid_job(job_id: ResourceId, team: CurrentTeam, session: SessionDep) -> Tra
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
-MetricPaging = Annotated[PageParams, paging(1000, 10000)]
-EventPaging = Annotated[PageParams, paging(100, 1000)]
+MetricPaging = Annotated[PageParams, paging(1000, 10000, ROW_CURSOR)]
+EventPaging = Annotated[PageParams, paging(100, 1000, ROW_CURSOR)]
 
 
 @router.post("", status_code=201, response_model=JobRead)

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 import app.all_tables  # noqa: F401  (every table known to this process)
 from app.artifacts.store import ArtifactStore
@@ -29,6 +30,7 @@ from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
 from app.registry.router import router as models_router
 from app.request_ids import RequestIdMiddleware, current_request_id
+from app.strict_query import reject_unknown_query
 
 log = logging.getLogger(__name__)
 MAX_FIELD_ERRORS = 20  # a 422 lists at most this many invalid fields
@@ -54,6 +56,15 @@ def _field_errors(errors: Sequence[Any]) -> list[dict]:
     ]
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (the `Allow` header of a 405)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in request.app.router.routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -67,8 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=dict(exc.headers or {}))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods; a path may have several
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -107,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Upload a labelled dataset, fine-tune a pretrained model, watch it, serve it.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
     for router in (datasets_router, jobs_router, models_router, predict_router):

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from app.public_text import public_text
 from tests.factories import text_csv
 
 PROBLEM = "application/problem+json"
@@ -169,3 +170,41 @@ def test_a_missing_base_model_is_named_without_the_models_folder(service, key, d
             assert str(service.models_dir) not in answer.text
             assert str(service.var_dir) not in answer.text
             assert not re.search(r"(?<![\w.])/(tmp|home|var|root|usr)/", answer.text), answer.text
+
+
+def test_an_unknown_query_parameter_is_422_naming_what_the_operation_takes(service, key):
+    with service.client(key) as client:
+        body = assert_problem(client.get("/jobs", params={"limt": 5}), 422)
+        assert "'limt'" in body["detail"] and "limit" in body["detail"] and "status" in body["detail"]
+        assert_problem(client.get("/healthz", params={"verbose": 1}), 422)
+        assert client.get("/jobs", params={"limit": 5, "status": "failed"}).status_code == 200
+
+
+def test_a_405_allows_every_method_of_the_path(service, key):
+    with service.client(key) as client:
+        for path, allowed in [
+            ("/datasets", "GET, POST"),
+            ("/datasets/" + "0" * 32, "GET, DELETE"),
+            ("/jobs", "GET, POST"),
+        ]:
+            answer = client.patch(path)
+            assert_problem(answer, 405)
+            assert answer.headers["Allow"] == allowed, path
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0d90>.", "cannot identify image file."),
+        ("[Errno 2] No such file: '/srv/finetune/var/base-models/bert/config.json'", "No such file: 'config.json'"),
+        ("could not open PosixPath('/home/me/models/x.bin')", "could not open 'x.bin'"),
+        ("see http://example.org/a/b and data/train.csv", "see http://example.org/a/b and data/train.csv"),
+    ],
+)
+def test_public_text_cuts_paths_and_reprs(raw, shown):
+    assert shown in public_text(raw)
+    assert "/srv/" not in public_text(raw) and "0x" not in public_text(raw)
+
+
+def test_public_text_is_bounded():
+    assert len(public_text("x" * 100_000)) == 2000 and public_text("x" * 100_000).endswith("…")

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from app.config import Settings
+from app.jobs.stop_reasons import JobFailed, user_facing
 from app.main import create_app
 from app.public_text import public_text
 from tests.factories import text_csv
@@ -208,3 +209,13 @@ def test_public_text_cuts_paths_and_reprs(raw, shown):
 
 def test_public_text_is_bounded():
     assert len(public_text("x" * 100_000)) == 2000 and public_text("x" * 100_000).endswith("…")
+
+
+def test_a_job_error_shows_no_path_or_repr():
+    assert user_facing(OSError(2, "No such file", "/srv/models/bert/config.json")).endswith(
+        "No such file: 'config.json'"
+    )
+    assert user_facing(ValueError(f"bad input {object()!r}")) == "ValueError: bad input"
+    assert user_facing(JobFailed("checkpoint /var/lib/finetune/work/job1/step-3.pt is unreadable")) == (
+        "checkpoint step-3.pt is unreadable"
+    )

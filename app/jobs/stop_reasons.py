@@ -33,6 +33,6 @@ def user_facing(exc: BaseException) -> str:
     """An unexpected exception as a job error a user may read: its type and message, with absolute paths cut to
     their last part and reprs dropped (the worker's log keeps the whole traceback)."""
     if isinstance(exc, JobFailed):
-        return exc.reason
+        return public_text(exc.reason)
     message = public_text(str(exc))
     return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__

@@ -88,6 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         if is_connection_error(exc):
             return problem(503, "Database unavailable", "The database is unreachable right now; retry shortly.")
+        if "NUL (0x00)" in str(exc.orig):  # PostgreSQL text cannot hold one (SQLite can: the check is here, once)
+            return problem(422, "Invalid input", "Text fields cannot contain NUL characters (\\u0000); remove them.")
         request_id = current_request_id(request.scope) or ""
         log.error("database error, request id %s: %s", request_id, exc)
         detail = f"The request failed on a database error; it was logged with request id {request_id}."

@@ -1,5 +1,6 @@
 """Unknown query parameters are refused, not ignored: `?limt=5` or `?staus=failed` would otherwise silently answer
-a different question than the one asked."""
+a different question than the one asked. So are NUL characters in the path or query (PostgreSQL text cannot hold
+them; bodies are answered by the database error handler in app/main.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 
 def reject_unknown_query(request: Request) -> None:
-    """A 422 naming the first query parameter the operation does not take (an app-wide dependency)."""
+    """A 422 naming the first query parameter the operation does not take, or one holding a NUL character
+    (an app-wide dependency)."""
+    if any("\x00" in value for value in (*request.path_params.values(), *request.query_params.values())):
+        raise InvalidInput("The path and query cannot contain NUL characters (%00); remove them.")
     if not request.query_params:
         return
     route = request.scope.get("route")

@@ -219,3 +219,12 @@ def test_a_job_error_shows_no_path_or_repr():
     assert user_facing(JobFailed("checkpoint /var/lib/finetune/work/job1/step-3.pt is unreadable")) == (
         "checkpoint step-3.pt is unreadable"
     )
+
+
+def test_nul_characters_are_a_clean_4xx_on_either_database(service, key):
+    with service.client(key) as client:
+        assert_problem(client.get("/jobs/%00"), 422)
+        assert_problem(client.get("/jobs", params={"cursor": "\x00"}), 422)
+        answer = client.post("/jobs", json={"dataset_id": "a\x00b", "base_model": "tiny-bert"})
+        # SQLite looks the id up (404); PostgreSQL cannot hold the text at all (422 rather than a database error)
+        assert_problem(answer, 422 if service.stack.name == "production" else 404)

@@ -45,7 +45,7 @@ def upload_dataset(
         store,
         team.id,
         task=task,
-        filename=file.filename or "upload",
+        filename=(file.filename or "upload")[-200:],  # its end holds the extension; the name column takes 200
         data=data,
         name=name,
         text_column=text_column,

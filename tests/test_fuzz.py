@@ -1,8 +1,9 @@
 """Schemathesis over the OpenAPI document, against the real running API with a real key.
 
-Every operation gets a bounded number of generated requests, valid ones and ones that break the schema on purpose
-(a deterministic seed, no shrinking: a failure is reported as found), once with ids the generator makes up and once
-with the ids of a real dataset, job and model of the key's team. Each answer must:
+Every operation gets CASES_PER_OPERATION generated requests that fit the schema and as many that break it on purpose
+(derandomized: the same cases every run; no shrinking: a failure is reported as found), once with ids the generator
+makes up and once with the ids of a real dataset, job and model of the key's team in the path (ids in bodies stay
+generated, so no fuzzed spec reaches the worker). Each answer must:
 
 - never be a 5xx;
 - if it is a 4xx, be application/problem+json with type, title, status (the answer's) and detail;

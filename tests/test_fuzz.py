@@ -1,9 +1,10 @@
-"""Schemathesis over the OpenAPI document, against the real running API with a real key.
+"""Schemathesis over the OpenAPI document, against the real running API with a real key (of a team of its own).
 
 Every operation gets CASES_PER_OPERATION generated requests that fit the schema and as many that break it on purpose
 (derandomized: the same cases every run; no shrinking: a failure is reported as found), once with ids the generator
 makes up and once with the ids of a real dataset, job and model of the key's team in the path (ids in bodies stay
-generated, so no fuzzed spec reaches the worker). Each answer must:
+generated, so no fuzzed spec reaches the worker; `/predict` without a model reaches the real one through the team's
+'production' alias). Each answer must:
 
 - never be a 5xx;
 - if it is a 4xx, be application/problem+json with type, title, status (the answer's) and detail;
@@ -15,8 +16,8 @@ Left out, on purpose:
   must be a real CSV or zip, or that an id must exist, so valid-looking requests are rightly refused with a 422/404.
 - the stateful phase (chains of calls through links): its cost grows with the number of links, and the real ids
   pass already reaches what lies behind the 404s.
-- `POST /predict`'s multipart form (image files): the schema documents the JSON body only, which is fuzzed; with
-  no trained model behind the generated ids, both forms end at the same model lookup.
+- `POST /predict`'s multipart form (image files): the schema documents the JSON body only, which is fuzzed (its
+  base64 images too); the model behind the alias is a text model, so images end at the same refusal either way.
 - huge bodies: the generator is bounded by the schema's maxLength/maxItems; body size limits have their own tests.
 - `DELETE /datasets/{id}`: it would delete the dataset the real-ids pass uses; its errors are checked below.
 
@@ -86,9 +87,16 @@ CHECKS: list[Callable] = [
 
 
 @pytest.fixture(scope="module")
-def real_ids(service, key) -> dict[str, str]:
-    """A dataset, a finished job and its model, all the key's team's (the job trains for one step)."""
-    with service.client(key) as client:
+def fuzz_key(service) -> str:
+    """A team of the fuzzer's own: what it creates (and its 'production' alias) stays out of other tests' way."""
+    return service.new_key("team-fuzz")
+
+
+@pytest.fixture(scope="module")
+def real_ids(service, fuzz_key) -> dict[str, str]:
+    """A dataset, a finished job and its model, all the fuzzer's team's (the job trains for one step); the model is
+    its 'production' alias, so a fuzzed /predict without a model reaches real inference."""
+    with service.client(fuzz_key) as client:
         dataset = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
         assert dataset.status_code == 201, dataset.text
         spec = {"dataset_id": dataset.json()["id"], "base_model": "tiny-bert", "hyperparameters": {"max_steps": 1}}
@@ -96,6 +104,8 @@ def real_ids(service, key) -> dict[str, str]:
         assert job.status_code == 201, job.text
         finished = wait_for_job(client, job.json()["id"])
         assert finished["status"] == "succeeded", finished["error"]
+        alias = client.put("/aliases/production", json={"model_id": finished["model_id"], "force": True})
+        assert alias.status_code == 200, alias.text
     return {"dataset_id": dataset.json()["id"], "job_id": finished["id"], "model_id": finished["model_id"]}
 
 
@@ -104,8 +114,11 @@ def _schema(service) -> schemathesis.BaseSchema:
     return schema.exclude(method="DELETE")  # deleting the shared dataset would turn the later operations into 404s
 
 
-def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, key: str, ids: dict[str, str]) -> str | None:
-    """Run one operation's cases in one mode; the first failure, in words, or None."""
+def _fuzz(
+    operation: schemathesis.APIOperation, mode: GenerationMode, key: str, ids: dict[str, str], seen: set[int]
+) -> str | None:
+    """Run one operation's cases in one mode, adding the statuses answered to `seen`; the first failure, in words,
+    or None."""
     fixed = {name: ids[name] for name in re.findall(r"{(\w+)}", operation.path) if name in ids}
     try:
         strategy = operation.as_strategy(mode, path_parameters=fixed or None)
@@ -115,7 +128,8 @@ def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, key: str, 
     @FUZZ_SETTINGS
     @given(case=strategy)
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS, timeout=60)
+        response = case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS, timeout=60)
+        seen.add(response.status_code)
 
     try:
         run()
@@ -126,28 +140,34 @@ def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, key: str, 
     return None
 
 
-def _fuzz_all(service, key: str, ids: dict[str, str]) -> None:
-    failures = []
+def _fuzz_all(service, key: str, ids: dict[str, str]) -> dict[str, set[int]]:
+    """Fuzz every operation (but DELETE) in both modes; the statuses each answered, by operation."""
+    failures, statuses = [], {}
     for result in _schema(service).get_all_operations():
         operation = result.ok()
+        statuses[operation.label] = set()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            failure = _fuzz(operation, mode, key, ids)
+            failure = _fuzz(operation, mode, key, ids, statuses[operation.label])
             if failure:
                 failures.append(failure)
     assert not failures, "\n\n".join(failures)
+    return statuses
 
 
-def test_fuzz_with_generated_ids(service, key):
-    _fuzz_all(service, key, {})
+def test_fuzz_with_generated_ids(service, fuzz_key):
+    _fuzz_all(service, fuzz_key, {})
 
 
-def test_fuzz_with_real_ids(service, key, real_ids):
-    _fuzz_all(service, key, real_ids)
+def test_fuzz_with_real_ids(service, fuzz_key, real_ids):
+    statuses = _fuzz_all(service, fuzz_key, real_ids)
+    # The real ids take the fuzzer past the 404s: into the job's records, the model, and real inference.
+    for label in ("GET /jobs/{job_id}/metrics", "GET /jobs/{job_id}/report", "GET /models/{model_id}", "POST /predict"):
+        assert 200 in statuses[label], (label, statuses[label])
 
 
-def test_a_delete_with_a_generated_id_is_a_problem(service, key):
+def test_a_delete_with_a_generated_id_is_a_problem(service, fuzz_key):
     """DELETE is left out of the runs above (it would remove the shared dataset); its errors are checked here."""
-    with service.client(key) as client:
+    with service.client(fuzz_key) as client:
         for dataset_id in ("0" * 32, "x" * 64, "%00"):
             answer = client.delete(f"/datasets/{dataset_id}")
             assert 400 <= answer.status_code < 500 and answer.headers["content-type"] == PROBLEM, answer.text

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 
-# An absolute POSIX path (not part of a URL or a relative path): kept as its last part, the name a user knows.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+([\w.+@-]*)")
+# An absolute POSIX path (not part of a URL or a relative path, nor an API route after its method, as in
+# "POST /jobs/{id}/cancel"): kept as its last part, the name a user knows.
+_METHODS = "".join(f"(?<!{m} )" for m in ("GET", "PUT", "POST", "PATCH", "DELETE"))
+_ABSOLUTE_PATH = re.compile(_METHODS + r"(?<![\w.:/])/(?:[\w.+@-]+/)+([\w.+@-]*)")
 _PATH_REPR = re.compile(r"\b(?:Posix|Windows|Pure\w*)?Path\(('[^']*'|\"[^\"]*\")\)")
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ (?:object )?at 0x[0-9a-fA-F]+>")
 DETAIL_LIMIT = 2000  # characters of a detail, a job error or an event

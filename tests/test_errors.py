@@ -200,6 +200,8 @@ def test_a_405_allows_every_method_of_the_path(service, key):
         ("[Errno 2] No such file: '/srv/finetune/var/base-models/bert/config.json'", "No such file: 'config.json'"),
         ("could not open PosixPath('/home/me/models/x.bin')", "could not open 'x.bin'"),
         ("see http://example.org/a/b and data/train.csv", "see http://example.org/a/b and data/train.csv"),
+        ("cancel it (POST /jobs/0a1b/cancel) first", "cancel it (POST /jobs/0a1b/cancel) first"),
+        ("point it at a model (PUT /aliases/production)", "point it at a model (PUT /aliases/production)"),
     ],
 )
 def test_public_text_cuts_paths_and_reprs(raw, shown):

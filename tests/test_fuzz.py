@@ -3,8 +3,8 @@
 Every operation gets CASES_PER_OPERATION generated requests that fit the schema and as many that break it on purpose
 (derandomized: the same cases every run; no shrinking: a failure is reported as found), once with ids the generator
 makes up and once with the ids of a real dataset, job and model of the key's team in the path (ids in bodies stay
-generated, so no fuzzed spec reaches the worker; `/predict` without a model reaches the real one through the team's
-'production' alias). Each answer must:
+generated, so no fuzzed spec reaches the worker); then `/predict` gets fuzzed texts for the team's real model.
+Each answer must:
 
 - never be a 5xx;
 - if it is a 4xx, be application/problem+json with type, title, status (the answer's) and detail;
@@ -29,11 +29,13 @@ whose fixture-loaded schemas (`schemathesis.pytest.from_fixture`) fail on pytest
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -95,7 +97,7 @@ def fuzz_key(service) -> str:
 @pytest.fixture(scope="module")
 def real_ids(service, fuzz_key) -> dict[str, str]:
     """A dataset, a finished job and its model, all the fuzzer's team's (the job trains for one step); the model is
-    its 'production' alias, so a fuzzed /predict without a model reaches real inference."""
+    its 'production' alias, so a /predict without a model reaches it too."""
     with service.client(fuzz_key) as client:
         dataset = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
         assert dataset.status_code == 201, dataset.text
@@ -160,9 +162,33 @@ def test_fuzz_with_generated_ids(service, fuzz_key):
 
 def test_fuzz_with_real_ids(service, fuzz_key, real_ids):
     statuses = _fuzz_all(service, fuzz_key, real_ids)
-    # The real ids take the fuzzer past the 404s: into the job's records, the model, and real inference.
-    for label in ("GET /jobs/{job_id}/metrics", "GET /jobs/{job_id}/report", "GET /models/{model_id}", "POST /predict"):
+    # The real ids take the fuzzer past the 404s: into the job's records and the model.
+    for label in ("GET /jobs/{job_id}/metrics", "GET /jobs/{job_id}/report", "GET /models/{model_id}"):
         assert 200 in statuses[label], (label, statuses[label])
+
+
+@FUZZ_SETTINGS
+@given(
+    texts=st.lists(st.text(max_size=300), min_size=1, max_size=8),
+    top_k=st.one_of(st.integers(min_value=1, max_value=10), st.integers(min_value=-2, max_value=2000)),
+    model=st.sampled_from(["model_id", "production", None]),
+)
+def test_predict_with_fuzzed_texts_reaches_the_real_model(service, fuzz_key, real_ids, texts, top_k, model):
+    """The schema fuzzer rarely sends a /predict its team's model can answer; this sends only such requests, with
+    any text (empty, control characters, any script) and any top_k, by model id, by alias or by default."""
+    body: dict = {"texts": texts, "top_k": top_k}
+    if model is not None:
+        body["model"] = real_ids.get(model, model)
+    with service.client(fuzz_key) as client:
+        answer = client.post("/predict", json=body)
+    if answer.status_code == 200:
+        predictions = answer.json()["predictions"]
+        assert len(predictions) == len(texts) and all(1 <= len(p) <= top_k for p in predictions)
+    else:  # a top_k out of range; an empty text or control characters may be refused too, never with a 5xx
+        assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM, answer.text
+    plain = all(t.strip() and not any(unicodedata.category(c) in ("Cc", "Cs") for c in t) for t in texts)
+    if plain and 1 <= top_k <= 1000:
+        assert answer.status_code == 200, answer.text
 
 
 def test_a_delete_with_a_generated_id_is_a_problem(service, fuzz_key):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -111,3 +111,5 @@ NEEDS_TRAIN: Any = Depends(require(Scope.train))
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SendJob = Annotated[Callable[[str], None], Depends(get_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+# A dataset, job or model id in a URL: bounded, so a 404 never echoes more than this.
+ResourceId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 import app.all_tables  # noqa: F401  (every table known to this process)
 from app.artifacts.store import ArtifactStore
@@ -25,28 +26,46 @@ from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
+from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
+from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
 from app.quotas.router import router as usage_router
 from app.registry.router import router as models_router
+from app.request_ids import RequestIdMiddleware, current_request_id
 from app.request_limits import RequestLimits
+from app.strict_query import reject_unknown_query
 from app.teams.throttle import FailedAuthThrottle
 
-PROBLEM = "application/problem+json"
 log = logging.getLogger(__name__)
+MAX_FIELD_ERRORS = 20  # a 422 lists at most this many invalid fields
 
 
 def problem(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
 ) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    """An RFC 9457 problem response; the detail never shows an absolute path, a repr or an unbounded echo."""
+    body = {"type": "about:blank", "title": clip(title), "status": status, "detail": public_text(detail), **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _field_errors(errors: Sequence[Any]) -> list[dict]:
+    """Pydantic's errors without their inputs; a field name the client made up is echoed at most ECHO_LIMIT long."""
     return [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
-        for e in errors
+        {
+            "field": clip(".".join(str(p) for p in e["loc"] if p != "body"), ECHO_LIMIT),
+            "message": public_text(e["msg"], 300),
+            "type": e["type"],
+        }
+        for e in errors[:MAX_FIELD_ERRORS]
+    ]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (the `Allow` header of a 405)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in request.app.router.routes)
     ]
 
 
@@ -63,15 +82,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods; a path may have several
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
 
     @app.exception_handler(DBAPIError)
-    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         if is_connection_error(exc):
             return problem(503, "Database unavailable", "The database is unreachable right now; retry shortly.")
-        log.error("database error: %s", exc)
-        return problem(500, "Internal error", "The request failed on a database error; it was logged.")
+        if "NUL (0x00)" in str(exc.orig):  # PostgreSQL text cannot hold one (SQLite can: the check is here, once)
+            return problem(422, "Invalid input", "Text fields cannot contain NUL characters (\\u0000); remove them.")
+        request_id = current_request_id(request.scope) or ""
+        log.error("database error, request id %s: %s", request_id, exc)
+        detail = f"The request failed on a database error; it was logged with request id {request_id}."
+        return problem(500, "Internal error", detail, request_id=request_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -101,11 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Upload a labelled dataset, fine-tune a pretrained model, watch it, serve it.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
     for router in (datasets_router, jobs_router, models_router, predict_router, usage_router):
         app.include_router(router)
+    document_problems(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -120,4 +149,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(503, "Not ready", f"database: {exc.__class__.__name__}")
         return JSONResponse({"status": "ready"})
 
+    # Added last, so it is the outermost of the app's middleware: an error raised in any other one is answered too.
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidInput
 
 T = TypeVar("T")
+ID_CURSOR = r"^[0-9a-f]{32}$"  # listings newest first: the id of the previous page's last row
+ROW_CURSOR = r"^[0-9]{1,18}$"  # listings in the order written (metrics, events): a row number
 
 
 class Page(BaseModel, Generic[T]):
@@ -34,12 +36,15 @@ class PageParams:
         return int(self.cursor)
 
 
-def paging(default: int, maximum: int) -> Any:
-    """A dependency for `?limit=` (1..maximum, default `default`) and `?cursor=` (a previous page's next_cursor)."""
+def paging(default: int, maximum: int, cursor_pattern: str = ID_CURSOR) -> Any:
+    """A dependency for `?limit=` (1..maximum, default `default`) and `?cursor=` (a previous page's next_cursor,
+    which has the form `cursor_pattern`: anything else is a 422, before a query runs)."""
 
     def page_params(
         limit: Annotated[int, Query(ge=1, le=maximum, description="items per page")] = default,
-        cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=64, pattern=cursor_pattern, description="next_cursor of the previous page")
+        ] = None,
     ) -> PageParams:
         return PageParams(limit, cursor)
 

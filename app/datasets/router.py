@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
-from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
@@ -20,7 +20,7 @@ from app.tasktypes.types import TaskType
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-def valid_dataset(dataset_id: str, team: CurrentTeam, session: SessionDep) -> Dataset:
+def valid_dataset(dataset_id: ResourceId, team: CurrentTeam, session: SessionDep) -> Dataset:
     return service.get_dataset(session, team.id, dataset_id)
 
 
@@ -38,8 +38,8 @@ def upload_dataset(
     file: Annotated[UploadFile, File(description="a zip of class folders, or a CSV/JSONL file")],
     task: Annotated[TaskType, Form()],
     name: Annotated[str | None, Form(max_length=200)] = None,
-    text_column: Annotated[str, Form(min_length=1)] = "text",
-    label_column: Annotated[str, Form(min_length=1)] = "label",
+    text_column: Annotated[str, Form(min_length=1, max_length=200)] = "text",
+    label_column: Annotated[str, Form(min_length=1, max_length=200)] = "label",
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Upload a dataset. Send an `Idempotency-Key` header to make retries safe (the same key and file answer with
@@ -48,7 +48,7 @@ def upload_dataset(
     data = file.file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"Uploads are limited to {settings.max_upload_mb} MB (FINETUNE_MAX_UPLOAD_MB).")
-    filename = file.filename or "upload"
+    filename = (file.filename or "upload")[-200:]  # its end holds the extension; the name column takes 200
 
     def create(remember: Remember) -> Dataset:
         check_can_store(session, settings, team, len(data))

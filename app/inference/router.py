@@ -25,7 +25,9 @@ BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(beare
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(None, description="a model id or an alias; default: the 'production' alias")
+    model: str | None = Field(
+        None, max_length=300, description="a model id or an alias; default: the 'production' alias"
+    )
     texts: list[str] | None = None
     images: list[str] | None = Field(None, description="base64-encoded image files")
     top_k: int = Field(1, ge=1, le=1000)

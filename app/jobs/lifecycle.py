@@ -36,6 +36,7 @@ from app.db import rows_changed, utcnow
 from app.errors import Conflict
 from app.jobs.stop_reasons import LostLease
 from app.jobs.tables import JobEvent, JobStatus, TrainingJob
+from app.public_text import public_text
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _move(session: Session, job_id: str, event: Event, *where: ColumnElement[boo
 
 
 def _event(session: Session, job_id: str, kind: str, message: str, attempt: int = 0) -> None:
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+    session.add(JobEvent(job_id=job_id, kind=kind, message=public_text(message), attempt=attempt))
 
 
 # --- the API ------------------------------------------------------------------------------------------------------

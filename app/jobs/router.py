@@ -6,25 +6,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import NEEDS_TRAIN, CurrentTeam, SendJob, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SendJob, SessionDep, SettingsDep, StoreDep
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.tables import JobStatus, TrainingJob
-from app.pagination import Page, PageParams, Paging, paging
+from app.pagination import ROW_CURSOR, Page, PageParams, Paging, paging
 from app.quotas.service import check_can_submit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def valid_job(job_id: str, team: CurrentTeam, session: SessionDep) -> TrainingJob:
+def valid_job(job_id: ResourceId, team: CurrentTeam, session: SessionDep) -> TrainingJob:
     return service.get_job(session, team.id, job_id)
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
-MetricPaging = Annotated[PageParams, paging(1000, 10000)]
-EventPaging = Annotated[PageParams, paging(100, 1000)]
+MetricPaging = Annotated[PageParams, paging(1000, 10000, ROW_CURSOR)]
+EventPaging = Annotated[PageParams, paging(100, 1000, ROW_CURSOR)]
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=IDEMPOTENT_RESPONSES, dependencies=[NEEDS_TRAIN])

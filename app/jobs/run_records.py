@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.jobs.lifecycle import heartbeat
 from app.jobs.tables import Checkpoint, JobEvent, Metric
+from app.public_text import public_text
 
 
 def write_metrics(session: Session, job_id: str, attempt: int, rows: list[dict], **progress: Any) -> bool:
@@ -22,7 +23,7 @@ def write_metrics(session: Session, job_id: str, attempt: int, rows: list[dict],
 def add_event(session: Session, job_id: str, attempt: int, kind: str, message: str) -> None:
     """An event from the attempt that owns the job (a stale trainer raises LostLease)."""
     heartbeat(session, job_id, attempt)
-    session.add(JobEvent(job_id=job_id, kind=kind, message=message, attempt=attempt))
+    session.add(JobEvent(job_id=job_id, kind=kind, message=public_text(message), attempt=attempt))
 
 
 def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class EarlyStopping(BaseModel):
     """Stop when the chosen validation metric has not improved by `min_delta` for `patience` evaluations."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = Field(
         "val_accuracy",
@@ -19,7 +19,7 @@ class EarlyStopping(BaseModel):
         "while accuracy still climbs, as a classifier grows confident",
     )
     patience: int = Field(5, ge=1, le=1000, description="evaluations without improvement before stopping")
-    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
+    min_delta: float = Field(0.0, ge=0.0, le=1000.0, description="smallest change that counts as an improvement")
 
 
 class Hyperparameters(BaseModel):
@@ -27,7 +27,7 @@ class Hyperparameters(BaseModel):
     the data (epochs, learning_rate, lr_scheduler, strategy) are decided by app/jobs/defaults.py when the API accepts
     the job, so the stored spec always says what was used (and, in `auto`, why)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # Infinity or NaN is a 422, never a null
 
     epochs: int | Literal["auto"] = Field(
         "auto",
@@ -54,13 +54,17 @@ class Hyperparameters(BaseModel):
         '(a linear probe), then train everything; "head_only": train only the head; "auto": full (see README)',
     )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
-    eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
+    eval_every_steps: int | None = Field(None, ge=1, le=10**9, description="evaluate every N steps; null: each epoch")
     seed: int = Field(42, ge=0, le=2**32 - 1)
     image_size: int | None = Field(None, ge=16, le=1024, description="image side in pixels; null: the model's")
     max_length: int = Field(128, ge=8, le=8192, description="tokens per text, longer ones are truncated")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke tests)")
-    auto: dict[str, str] = Field(
-        default_factory=dict, description="read only: what each 'auto' setting became for this job's data, and why"
+    max_steps: int | None = Field(
+        None, ge=1, le=10**9, description="stop after this many optimizer steps (smoke tests)"
+    )
+    auto: dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=dict,
+        max_length=40,
+        description="read only: what each 'auto' setting became for this job's data, and why",
     )
     expected_memory: dict[str, Any] = Field(
         default_factory=dict,
@@ -90,7 +94,7 @@ class Hyperparameters(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: str = Field(min_length=1)
+    dataset_id: str = Field(min_length=1, max_length=64)
     base_model: str = Field(min_length=1, max_length=300, description="a models-dir folder, a model id, or a hub id")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 

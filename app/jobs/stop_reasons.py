@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+from app.public_text import public_text
 
 
 class StopRun(Exception):
@@ -29,13 +29,10 @@ class JobFailed(StopRun):
         self.reason = reason
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+([\w.+@-]*)")
-
-
 def user_facing(exc: BaseException) -> str:
     """An unexpected exception as a job error a user may read: its type and message, with absolute paths cut to
-    their last part (the worker's log keeps the whole traceback)."""
+    their last part and reprs dropped (the worker's log keeps the whole traceback)."""
     if isinstance(exc, JobFailed):
-        return exc.reason
-    message = _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "<path>", str(exc))[:2000]
+        return public_text(exc.reason)
+    message = public_text(str(exc))
     return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from app.deps import NEEDS_TRAIN, CurrentTeam, SessionDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, StoreDep
 from app.pagination import Page, Paging
 from app.registry import service
 from app.registry.schemas import AliasRead, AliasSet, ModelRead
@@ -26,12 +26,14 @@ def list_models(
 
 
 @router.get("/models/{model_id}", response_model=ModelRead)
-def read_model(model_id: str, team: CurrentTeam, session: SessionDep) -> RegisteredModel:
+def read_model(model_id: ResourceId, team: CurrentTeam, session: SessionDep) -> RegisteredModel:
     return service.get_model(session, team.id, model_id)
 
 
 @router.delete("/models/{model_id}", status_code=204, dependencies=[NEEDS_TRAIN])
-def delete_model(model_id: str, team: CurrentTeam, session: SessionDep, store: StoreDep, request: Request) -> None:
+def delete_model(
+    model_id: ResourceId, team: CurrentTeam, session: SessionDep, store: StoreDep, request: Request
+) -> None:
     """Delete a model and its files; refused (409) while an alias routes to it or a job trains from it."""
     service.delete_model(session, store, team.id, model_id)
     request.app.state.model_cache.discard(model_id)

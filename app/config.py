@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app import input_limits as caps
+
 
 class Settings(BaseSettings):
     """Everything that differs between the embedded default and a production stack."""
@@ -36,6 +38,20 @@ class Settings(BaseSettings):
         description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
+    max_text_chars: int = Field(
+        caps.MAX_TEXT_CHARS, ge=1, description="Longest text (characters) in a dataset or a /predict request"
+    )
+    max_image_pixels: int = Field(
+        caps.MAX_IMAGE_PIXELS, ge=1, description="Most pixels of one image (width x height), read before decoding"
+    )
+    max_image_mb: int = Field(caps.MAX_IMAGE_MB, ge=1, description="Largest image file in a dataset zip, unpacked")
+    max_dataset_megapixels: int = Field(
+        caps.MAX_DATASET_MEGAPIXELS, ge=1, description="Most pixels all images of one dataset upload hold together"
+    )
+    predict_max_inputs: int = Field(caps.PREDICT_MAX_INPUTS, ge=1, description="Most texts or images per /predict")
+    predict_max_megapixels: int = Field(
+        caps.PREDICT_MAX_MEGAPIXELS, ge=1, description="Most pixels all images of one /predict request hold together"
+    )
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

@@ -11,6 +11,7 @@ from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.deps import CurrentTeam, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
+from app.input_limits import InputLimits
 from app.pagination import Page, Paging
 from app.tasktypes.types import TaskType
 
@@ -50,6 +51,7 @@ def upload_dataset(
         name=name,
         text_column=text_column,
         label_column=label_column,
+        limits=InputLimits.from_settings(settings),
     )
 
 

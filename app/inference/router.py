@@ -15,6 +15,7 @@ from app.deps import bearer, bearer_key, get_team
 from app.errors import InvalidInput
 from app.inference import service
 from app.inference.cache import ModelCache
+from app.input_limits import InputLimits
 
 router = APIRouter(tags=["predict"])
 # Only the bearer header is a dependency: the database work happens in the handler's single worker-thread hop.
@@ -78,7 +79,14 @@ def _authorize_and_prepare(
         team = get_team(session, credentials)
         body, images = _parse(raw)
         prepared = service.prepare(
-            session, request.app.state.store, request.app.state.model_cache, team.id, body.model, body.texts, images
+            session,
+            request.app.state.store,
+            request.app.state.model_cache,
+            team.id,
+            body.model,
+            body.texts,
+            images,
+            InputLimits.from_settings(request.app.state.settings),
         )
     return prepared, body.top_k
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     predict_max_megapixels: int = Field(
         caps.PREDICT_MAX_MEGAPIXELS, ge=1, description="Most pixels all images of one /predict request hold together"
     )
+    predict_max_chars: int = Field(
+        caps.PREDICT_MAX_CHARS, ge=1, description="Most characters all texts of one /predict request hold together"
+    )
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")
     heartbeat_seconds: float = Field(10, gt=0, description="how often a worker renews its job's lease")

@@ -14,6 +14,7 @@ MAX_IMAGE_MB = 64
 MAX_DATASET_MEGAPIXELS = 20_000
 PREDICT_MAX_INPUTS = 256
 PREDICT_MAX_MEGAPIXELS = 400
+PREDICT_MAX_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class InputLimits:
     max_dataset_megapixels: int = MAX_DATASET_MEGAPIXELS  # all images of one upload together
     predict_max_inputs: int = PREDICT_MAX_INPUTS  # texts or images in one /predict request
     predict_max_megapixels: int = PREDICT_MAX_MEGAPIXELS  # all images of one /predict request together
+    predict_max_chars: int = PREDICT_MAX_CHARS  # all texts of one /predict request together (tokenizing costs time)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputLimits:
@@ -36,6 +38,7 @@ class InputLimits:
             max_dataset_megapixels=settings.max_dataset_megapixels,
             predict_max_inputs=settings.predict_max_inputs,
             predict_max_megapixels=settings.predict_max_megapixels,
+            predict_max_chars=settings.predict_max_chars,
         )
 
     @property

@@ -125,6 +125,7 @@ def test_huge_canvas_png_to_predict_is_refused_from_its_header(service, client):
         ({"images": [base64.b64encode(b"%PDF-1.7\n").decode()]}, "images[0] is a PDF document"),
         ({"texts": ["ok", "x" * 100_001]}, "texts[1] has 100,001 characters; the limit is 100,000 per text"),
         ({"texts": ["a"] * 257}, "257 inputs; at most 256 per request (FINETUNE_PREDICT_MAX_INPUTS)"),
+        ({"texts": ["x" * 100_000] * 11}, "at texts[10], the texts hold more than 1,000,000 characters in all"),
     ],
 )
 def test_predict_inputs_over_the_caps_are_422(client, body, said):

@@ -65,19 +65,26 @@ def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
 
 
 def check_inputs(texts: list[str] | None, images: list[bytes] | None, limits: InputLimits) -> None:
-    """The caps, from lengths and image headers alone: how many inputs, each text's length, each image's format
-    and pixels, and all the images' pixels together. Nothing is tokenized or decoded here."""
+    """The caps, from lengths and image headers alone: how many inputs, each text's length and all the texts'
+    together, each image's format and pixels and all the images' together. Nothing is tokenized or decoded here."""
     for inputs in (texts, images):
         if inputs and len(inputs) > limits.predict_max_inputs:
             raise InvalidInput(
                 f"{len(inputs)} inputs; at most {limits.predict_max_inputs} per request "
                 "(FINETUNE_PREDICT_MAX_INPUTS); split the request"
             )
+    chars = 0
     for i, text in enumerate(texts or []):
         if len(text) > limits.max_text_chars:
             raise InvalidInput(
                 f"texts[{i}] has {len(text):,} characters; the limit is {limits.max_text_chars:,} per text "
                 "(FINETUNE_MAX_TEXT_CHARS); shorten it (the model reads only its first tokens anyway)"
+            )
+        chars += len(text)
+        if chars > limits.predict_max_chars:
+            raise InvalidInput(
+                f"at texts[{i}], the texts hold more than {limits.predict_max_chars:,} characters in all "
+                "(FINETUNE_PREDICT_MAX_CHARS); shorten them or split the request"
             )
     budget = limits.predict_max_megapixels * 1_000_000
     for i, data in enumerate(images or []):

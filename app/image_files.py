@@ -10,7 +10,8 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-# Pillow tries only these plugins, so EPS (Ghostscript), PDF, ICO, PSD... are never even attempted.
+# Pillow is offered only the plugin of the format sniffed among these, so EPS (Ghostscript), PDF, ICO, PSD... are
+# never even attempted.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 # Pillow reports a multi-picture JPEG (phone cameras' MPO) as "MPO"; it is a JPEG file.
@@ -77,9 +78,13 @@ def open_image(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
 
     With `max_pixels`, an image of more pixels is refused from its header. Without it, Pillow's own
     decompression-bomb limit (Image.MAX_IMAGE_PIXELS, twice of which raises) still applies."""
-    sniff(data[:SNIFF_BYTES])
+    kind = sniff(data[:SNIFF_BYTES])
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        # Only the plugin of the sniffed format is offered: an allowed signature on another kind of file fails
+        # here instead of reaching any other plugin.
+        img = Image.open(io.BytesIO(data), formats=(kind,))
+    except KeyError as exc:  # Pillow built without this format's library (libwebp...)
+        raise ImageRefused(f"is a {kind} image, which this server cannot read; {_replace_hint()}") from exc
     except Image.DecompressionBombError as exc:
         raise ImageRefused(f"has too many pixels to open safely; {_pixel_hint(max_pixels)}") from exc
     except Exception as exc:  # any parse failure of a hostile header means the same to the user

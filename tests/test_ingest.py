@@ -210,7 +210,7 @@ def test_not_a_zip():
 
 
 def test_zip_bomb_by_declared_size(monkeypatch):
-    monkeypatch.setattr("app.datasets.ingest.MAX_UNCOMPRESSED_BYTES", 10)
+    monkeypatch.setattr("app.datasets.image_zip.MAX_UNCOMPRESSED_BYTES", 10)
     assert "more than 2 GiB" in rejects(IMG, "a.zip", class_zip({"cat": 1, "dog": 1}))
 
 

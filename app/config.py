@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app import input_limits as caps
+
 
 class Settings(BaseSettings):
     """Everything that differs between the embedded default and a production stack."""
@@ -45,6 +47,23 @@ class Settings(BaseSettings):
         ge=1,
         description="Most memory one job's decoded dataset may take in a worker (images at their training size, "
         "token ids); a job over it is refused at submit, and a worker decodes per batch what would not fit",
+    )
+    max_text_chars: int = Field(
+        caps.MAX_TEXT_CHARS, ge=1, description="Longest text (characters) in a dataset or a /predict request"
+    )
+    max_image_pixels: int = Field(
+        caps.MAX_IMAGE_PIXELS, ge=1, description="Most pixels of one image (width x height), read before decoding"
+    )
+    max_image_mb: int = Field(caps.MAX_IMAGE_MB, ge=1, description="Largest image file in a dataset zip, unpacked")
+    max_dataset_megapixels: int = Field(
+        caps.MAX_DATASET_MEGAPIXELS, ge=1, description="Most pixels all images of one dataset upload hold together"
+    )
+    predict_max_inputs: int = Field(caps.PREDICT_MAX_INPUTS, ge=1, description="Most texts or images per /predict")
+    predict_max_megapixels: int = Field(
+        caps.PREDICT_MAX_MEGAPIXELS, ge=1, description="Most pixels all images of one /predict request hold together"
+    )
+    predict_max_chars: int = Field(
+        caps.PREDICT_MAX_CHARS, ge=1, description="Most characters all texts of one /predict request hold together"
     )
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default: all cores")
     lease_seconds: float = Field(120, gt=0, description="a running job whose heartbeat is older is presumed lost")

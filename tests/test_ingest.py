@@ -11,7 +11,9 @@ from PIL import Image
 
 from app.datasets.ingest import SPLITS, parse_upload
 from app.errors import InvalidUpload
+from app.input_limits import InputLimits
 from app.tasktypes.types import TaskType
+from tests.hostile import EPS, huge_png, with_declared_size, zip_bomb
 
 IMG = TaskType.image_classification
 TXT = TaskType.text_classification
@@ -164,10 +166,16 @@ def test_non_image_file_is_named():
     assert '"dog/notes.txt"' in rejects(IMG, "a.zip", data)
 
 
-@pytest.mark.parametrize("side", [12, 20])  # 144 pixels only warns in PIL, 400 raises; both must be refused
-def test_decompression_bomb_is_refused(monkeypatch, side):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    data = make_zip({"cat/1.png": png(1, size=(side, side)), "dog/1.png": png(2)})
+def test_pixel_cap_is_read_from_the_header():
+    data = make_zip({"cat/1.png": png(1, size=(12, 12)), "dog/1.png": png(2)})
+    detail = rejects(IMG, "a.zip", data, limits=InputLimits(max_image_pixels=100))
+    assert '"cat/1.png" has too many pixels: 12x12' in detail and "FINETUNE_MAX_IMAGE_PIXELS" in detail
+    assert len(parse_upload(IMG, "a.zip", data, limits=InputLimits(max_image_pixels=144)).records) == 2
+
+
+def test_pillows_own_bomb_limit_still_refuses(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 pixels is over twice Pillow's limit: it raises
+    data = make_zip({"cat/1.png": png(1, size=(20, 20)), "dog/1.png": png(2)})
     assert '"cat/1.png" has too many pixels' in rejects(IMG, "a.zip", data)
 
 
@@ -202,7 +210,7 @@ def test_not_a_zip():
 
 
 def test_zip_bomb_by_declared_size(monkeypatch):
-    monkeypatch.setattr("app.datasets.ingest.MAX_UNCOMPRESSED_BYTES", 10)
+    monkeypatch.setattr("app.datasets.image_zip.MAX_UNCOMPRESSED_BYTES", 10)
     assert "more than 2 GiB" in rejects(IMG, "a.zip", class_zip({"cat": 1, "dog": 1}))
 
 
@@ -292,3 +300,243 @@ def test_empty_text_file():
     assert rejects(TXT, "d.csv", b"") == "the dataset is empty"
     assert rejects(TXT, "d.csv", b"text,label\n") == "the dataset is empty"
     assert rejects(TXT, "d.jsonl", b"\n\n") == "the dataset is empty"
+
+
+# --- hostile or ambiguous uploads ------------------------------------------------------------------------------
+
+
+def image_file(fmt: str, size: tuple[int, int] = (8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def deflated_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_every_allowed_format_is_accepted():
+    files = {f"cat/1.{fmt.lower()}": image_file(fmt) for fmt in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")}
+    ds = parse_upload(IMG, "a.zip", make_zip({**files, "dog/1.png": png(2)}))
+    assert len(ds.records) == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (EPS, "PostScript/EPS"),
+        (b"\xc5\xd0\xd3\xc6" + bytes(40), "PostScript/EPS"),
+        (b"%PDF-1.4\n1 0 obj\n", "PDF"),
+        (image_file("ICO", (16, 16)), "is not a JPEG, PNG, WebP, BMP, GIF or TIFF image"),
+        (image_file("PPM"), "is not a JPEG, PNG, WebP, BMP, GIF or TIFF image"),
+        (make_zip({"cat/1.png": png(1)}), "nested archives are not accepted"),
+    ],
+)
+def test_formats_outside_the_allow_list_are_refused_before_pillow_sees_them(monkeypatch, data, said):
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript must never run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+    detail = rejects(IMG, "a.zip", make_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/x.png": data}))
+    assert detail.startswith('"dog/x.png" is ') and said in detail
+
+
+def test_allow_list_holds_even_when_the_signature_matches():
+    # A BMP signature on a file Pillow cannot read as BMP: no other plugin (EPS, PDF, ...) is tried.
+    detail = rejects(IMG, "a.zip", make_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/x.png": b"BM" + EPS}))
+    assert '"dog/x.png" is not a readable image' in detail
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the service ignores it: see image_files
+def test_huge_canvas_png_is_refused_from_its_header():
+    detail = rejects(IMG, "a.zip", make_zip({"cat/1.png": png(1), "dog/big.png": huge_png(13000, 13000)}))
+    assert '"dog/big.png" has too many pixels: 13000x13000 (169.0 megapixels)' in detail
+    assert "the limit is 40 megapixels" in detail
+
+
+def test_zip_bomb_entry_is_refused_from_its_declared_size():
+    data = zip_bomb("cat/bomb.png", 1536 * 1024**2, {"cat/1.png": png(1), "dog/1.png": png(2)})
+    detail = rejects(IMG, "a.zip", data)
+    assert '"cat/bomb.png" unpacks to 1,536.0 MiB; an image file may be at most 64 MiB' in detail
+
+
+def test_compression_ratio_is_capped_above_one_mib():
+    data = deflated_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/flat.bmp": bytes(3 * 1024**2)})
+    detail = rejects(IMG, "a.zip", data)
+    assert '"dog/flat.bmp" unpacks from' in detail and "more than 100:1" in detail
+    small = deflated_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/flat.bmp": image_file("BMP", (300, 300))})
+    assert len(parse_upload(IMG, "a.zip", small).records) == 3  # 264 KiB at well over 100:1, under the floor
+
+
+def test_per_image_file_cap_is_configurable():
+    data = make_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/2.bmp": image_file("BMP", (700, 700))})
+    detail = rejects(IMG, "a.zip", data, limits=InputLimits(max_image_mb=1))
+    assert '"dog/2.bmp" unpacks to 1.4 MiB; an image file may be at most 1 MiB' in detail
+
+
+def test_entry_whose_header_understates_its_size_is_refused():
+    big = png(7, size=(300, 300)) + bytes(5000)  # trailing bytes: the declared size below cuts the real stream
+    data = with_declared_size(make_zip({"cat/1.png": png(1), "dog/1.png": png(2), "dog/2.png": big}), "dog/2.png", 100)
+    detail = rejects(IMG, "a.zip", data)
+    assert detail.startswith('"dog/2.png" could not be extracted from the zip (Bad CRC-32')
+
+
+def test_total_pixels_of_an_upload_are_capped():
+    files = {f"{c}/{i}.png": png(i, size=(600, 600)) for c in ("cat", "dog") for i in range(2)}
+    detail = rejects(IMG, "a.zip", make_zip(files), limits=InputLimits(max_dataset_megapixels=1))
+    assert "more than 1 megapixels in all" in detail and "FINETUNE_MAX_DATASET_MEGAPIXELS" in detail
+
+
+def test_class_folders_spelled_two_ways_are_refused():
+    detail = rejects(IMG, "a.zip", make_zip({"cat/1.png": png(1), "Cat /2.png": png(2), "dog/1.png": png(3)}))
+    assert '"Cat /2.png": the label "Cat " and "cat" ("cat/1.png")' in detail and "spell each class one way" in detail
+
+
+def test_long_entry_names_are_not_echoed_whole():
+    name = "dog/" + "x" * 5000 + ".txt"
+    detail = rejects(IMG, "a.zip", make_zip({"cat/1.png": png(1), "dog/1.png": png(2), name: b"hello"}))
+    assert len(detail) < 400 and "xxx..." in detail
+
+
+def test_ragged_csv_rows_are_refused_with_the_line():
+    detail = rejects(TXT, "d.csv", csv_bytes(["text,label", "good,pos", "bad, really bad,neg", "ok,pos"]))
+    assert detail.startswith("line 3 has 3 fields but the header has 2") and "quote" in detail
+    detail = rejects(TXT, "d.csv", csv_bytes(["text,label,split", "good,pos,train", "bad,neg"]))
+    assert detail.startswith("line 3 has 2 fields but the header has 3")
+    detail = rejects(TXT, "d.csv", csv_bytes(["text,label", "good,pos,"]))
+    assert detail.startswith("line 2 has 3 fields")
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "said"),
+    [
+        (b"text,label\ngood,pos\nba\x00d,neg\n", "d.csv", "line 3: the text holds the control character U+0000"),
+        (b"text,label\ngood,pos\nbad\x1b[31m,neg\n", "d.csv", "line 3: the text holds the control character U+001B"),
+        ("text,label\ngood,pos\nbad\u0085,neg\n".encode(), "d.csv", "U+0085"),
+        (jsonl_bytes([{"text": "a", "label": "x"}, {"text": "b\u0000", "label": "y"}]), "d.jsonl", "line 2: the text"),
+        (jsonl_bytes([{"text": "a", "label": "x"}, {"text": "b", "label": "y\tz"}]), "d.jsonl", "line 2: the label"),
+        (b'text,label\ngood,pos\nbad,"n\neg"\n', "d.csv", "the label holds the control character U+000A"),
+    ],
+)
+def test_control_characters_are_refused_with_the_line(data, filename, said):
+    assert said in rejects(TXT, filename, data)
+
+
+def test_tabs_and_line_breaks_in_text_are_fine():
+    ds = parse_upload(TXT, "d.csv", b'text,label\n"two\r\nlines\tand a tab",pos\nbad,neg\n')
+    assert sorted(r.text for r in ds.records) == ["bad", "two\r\nlines\tand a tab"]
+
+
+def test_text_length_is_capped():
+    detail = rejects(
+        TXT, "d.csv", csv_bytes(["text,label", "short,pos", "far too long,neg"]), limits=InputLimits(max_text_chars=10)
+    )
+    assert detail.startswith("line 3: the text has 12 characters; the limit is 10")
+    detail = rejects(TXT, "d.jsonl", jsonl_bytes([{"text": "x" * 100_001, "label": "a"}]))
+    assert "line 1: the text has 100,001 characters; the limit is 100,000 (FINETUNE_MAX_TEXT_CHARS)" in detail
+
+
+def test_csv_field_beyond_the_csv_modules_limit_names_the_line_and_the_cap():
+    detail = rejects(TXT, "d.csv", csv_bytes(["text,label", "a,pos", "x" * 200_000 + ",neg"]))
+    assert "line 3" in detail and "at most 100,000 (FINETUNE_MAX_TEXT_CHARS)" in detail
+
+
+@pytest.mark.parametrize(
+    ("rows", "said"),
+    [
+        ([{"text": "a", "label": 1}, {"text": "b", "label": "1"}], 'line 2: the label "1" and 1 (line 1)'),
+        ([{"text": "a", "label": True}, {"text": "b", "label": "true"}], 'line 2: the label "true" and true (line 1)'),
+        ([{"text": "a", "label": "True"}, {"text": "b", "label": " true "}], 'the label " true " and "True" (line 1)'),
+        ([{"text": "a", "label": 1}, {"text": "b", "label": True}], "line 2: the label true and 1 (line 1)"),
+        ([{"text": "a", "label": "pos"}, {"text": "b", "label": "POS"}], 'the label "POS" and "pos" (line 1)'),
+    ],
+)
+def test_jsonl_labels_that_collide_after_normalising_are_refused(rows, said):
+    rows = rows + [{"text": "c", "label": "other"}]
+    detail = rejects(TXT, "d.jsonl", jsonl_bytes(rows))
+    assert said in detail and "spell each class one way" in detail
+
+
+@pytest.mark.parametrize(
+    ("labels", "said"),
+    [
+        (["1", '"""1"""'], 'line 3: the label "\\"1\\"" and "1" (line 2)'),
+        (["True", " True "], 'line 3: the label " True " and "True" (line 2)'),
+        (["1", "1.0"], 'line 3: the label "1.0" and "1" (line 2)'),
+        (["1", "true"], 'line 3: the label "true" and "1" (line 2)'),
+        (["Yes", "yes"], 'line 3: the label "yes" and "Yes" (line 2)'),
+    ],
+)
+def test_csv_labels_that_collide_after_normalising_are_refused(labels, said):
+    lines = ["text,label"] + [f"t{i},{label}" for i, label in enumerate(labels)] + ["z,other"]
+    assert said in rejects(TXT, "d.csv", csv_bytes(lines))
+
+
+def test_labels_spelled_the_same_way_throughout_are_stripped_and_kept():
+    ds = parse_upload(TXT, "d.csv", csv_bytes(["text,label", "a, pos", "b, neg", "c, pos"]))
+    assert ds.labels == ["neg", "pos"]
+    ds = parse_upload(TXT, "d.jsonl", jsonl_bytes([{"text": "a", "label": True}, {"text": "b", "label": False}]))
+    assert ds.labels == ["false", "true"]
+
+
+@pytest.mark.parametrize(
+    ("label", "said"),
+    [
+        (1.5, "is a number with a fraction"),
+        (1.0, "is a number with a fraction"),
+        (None, "is null"),
+        (["a"], "is a list"),
+        ({"a": 1}, "is an object"),
+    ],
+)
+def test_unclear_jsonl_labels_are_refused(label, said):
+    detail = rejects(TXT, "d.jsonl", jsonl_bytes([{"text": "a", "label": "x"}, {"text": "b", "label": label}]))
+    assert detail == f"line 2: 'label' {said}; a label must be a string, a whole number or true/false"
+
+
+def test_long_labels_are_refused():
+    detail = rejects(TXT, "d.jsonl", jsonl_bytes([{"text": "a", "label": "x"}, {"text": "b", "label": 10**300}]))
+    assert detail.startswith("line 2: the label has 301 characters; a label may have at most 200")
+
+
+def test_hostile_json_lines_are_refused_with_the_line():
+    deep = b'{"text": "a", "label": "x"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    assert "line 2 nests too deeply" in rejects(TXT, "d.jsonl", deep)
+    giant = b'{"text": "a", "label": "x"}\n{"text": "b", "label": ' + b"9" * 5000 + b"}\n"
+    assert "line 2 holds a number too long to read" in rejects(TXT, "d.jsonl", giant)
+    twice = b'{"text": "a", "label": "x"}\n{"text": "b", "label": "y", "label": "x"}\n'
+    assert "line 2 has the key 'label' twice" in rejects(TXT, "d.jsonl", twice)
+
+
+def test_text_column_equal_to_label_column_is_refused():
+    for name, data in (("d.csv", csv_bytes(["text,label", "a,x", "b,y"])), ("d.jsonl", jsonl_bytes([{"text": "a"}]))):
+        detail = rejects(TXT, name, data, label_column="text")
+        assert detail.startswith("text_column and label_column are both 'text'")
+
+
+def test_csv_header_naming_a_used_column_twice_is_refused():
+    detail = rejects(TXT, "d.csv", csv_bytes(["text,label,label", "a,x,y", "b,y,x"]))
+    assert detail == "the CSV header names the column 'label' twice; rename or remove one"
+
+
+def test_duplicates_within_one_split_are_not_called_a_leak():
+    rows = [{"text": "same", "label": "a", "split": "train"}, {"text": "same", "label": "a", "split": "train"}]
+    rows += [{"text": f"t{i}", "label": "ab"[i % 2], "split": ["train", "val", "test"][i % 3]} for i in range(12)]
+    ds = parse_upload(TXT, "d.jsonl", jsonl_bytes(rows))
+    assert not any("more than one split" in w for w in ds.warnings)
+    assert "1 example appears more than once within the train split (e.g. line 1 and line 2)" in " ".join(ds.warnings)
+
+
+def test_leak_example_names_two_different_splits():
+    rows = [{"text": "same", "label": "a", "split": s} for s in ("train", "train", "test")]
+    rows += [{"text": f"t{i}", "label": "ab"[i % 2], "split": ["train", "val", "test"][i % 3]} for i in range(12)]
+    ds = parse_upload(TXT, "d.jsonl", jsonl_bytes(rows))
+    leak = next(w for w in ds.warnings if "more than one split" in w)
+    assert "(e.g. line 1 (train) and line 3 (test))" in leak
+    assert any("within the train split (e.g. line 1 and line 2)" in w for w in ds.warnings)

@@ -13,6 +13,7 @@ from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, SettingsD
 from app.errors import PayloadTooLarge
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
+from app.input_limits import InputLimits
 from app.pagination import Page, Paging
 from app.quotas.service import check_can_store
 from app.tasktypes.types import TaskType
@@ -54,7 +55,7 @@ def upload_dataset(
         check_can_store(session, settings, team, len(data))
         dataset = service.create_dataset(
             session, store, team.id, task=task, filename=filename, data=data, name=name,
-            text_column=text_column, label_column=label_column,
+            text_column=text_column, label_column=label_column, limits=InputLimits.from_settings(settings),
         )  # fmt: skip
         remember(201, DatasetRead.model_validate(dataset).model_dump(mode="json"))
         return dataset

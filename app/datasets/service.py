@@ -10,6 +10,7 @@ from app.artifacts.store import ArtifactStore
 from app.datasets.ingest import parse_upload
 from app.datasets.tables import Dataset
 from app.errors import Conflict, InvalidUpload, NotFound
+from app.input_limits import InputLimits
 from app.jobs.tables import JobStatus, TrainingJob
 from app.pagination import PageParams, newest_first
 from app.tasktypes.types import TaskType
@@ -26,11 +27,12 @@ def create_dataset(
     name: str | None,
     text_column: str,
     label_column: str,
+    limits: InputLimits,
 ) -> Dataset:
-    """Validate the whole upload, then store files and row; a failure leaves nothing behind."""
+    """Validate the whole upload against `limits`, then store files and row; a failure leaves nothing behind."""
     if not data:
         raise InvalidUpload(f"'{filename}' is empty; upload a zip of class folders or a CSV/JSONL file")
-    parsed = parse_upload(task, filename, data, text_column=text_column, label_column=label_column)
+    parsed = parse_upload(task, filename, data, text_column=text_column, label_column=label_column, limits=limits)
     dataset = Dataset(
         team_id=team_id,
         name=name or filename,

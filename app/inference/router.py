@@ -15,6 +15,7 @@ from app.deps import authenticate_request, bearer, bearer_key, client_address
 from app.errors import InvalidInput
 from app.inference import service
 from app.inference.cache import ModelCache
+from app.input_limits import InputLimits
 from app.teams.scopes import Scope
 
 router = APIRouter(tags=["predict"])
@@ -81,7 +82,14 @@ def _authorize_and_prepare(
         team = authenticate_request(session, request, credentials).require(Scope.predict)
         body, images = _parse(raw)
         prepared = service.prepare(
-            session, request.app.state.store, request.app.state.model_cache, team.id, body.model, body.texts, images
+            session,
+            request.app.state.store,
+            request.app.state.model_cache,
+            team.id,
+            body.model,
+            body.texts,
+            images,
+            InputLimits.from_settings(request.app.state.settings),
         )
     return prepared, body.top_k
 

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.store import ArtifactStore
 from app.errors import InvalidInput
+from app.image_files import ImageRefused, image_pixels, open_image
 from app.inference.batcher import BatchResult
 from app.inference.cache import LoadedModel, ModelCache
+from app.input_limits import InputLimits
 from app.registry.service import resolve_model
 from app.tasktypes.types import TaskType
-
-MAX_INPUTS = 256
 
 
 @dataclass
@@ -40,13 +40,16 @@ def prepare(
     model_ref: str | None,
     texts: list[str] | None,
     images: list[bytes] | None,
+    limits: InputLimits,
 ) -> PreparedRequest:
-    """Resolve the model, check and encode the inputs, load the model if needed (blocking: run in a thread)."""
+    """Check the inputs against `limits` (before any lookup, load or decode), resolve the model, encode the
+    inputs, load the model if needed (blocking: run in a thread)."""
+    check_inputs(texts, images, limits)
     registered = resolve_model(session, team_id, model_ref)
     model_id, task, storage_key = registered.id, TaskType(registered.task), registered.storage_key
     # End the read transaction: the pooled connection is not held while a model loads or inputs are decoded.
     session.commit()
-    inputs = _check_inputs(task, texts, images)
+    inputs = _inputs_for(task, texts, images)
     loaded = cache.get(model_id, lambda: store.local_dir(storage_key), team_id)
     return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs))
 
@@ -61,17 +64,48 @@ def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
     return {"model_id": prepared.model_id, "predictions": predictions}
 
 
-def _check_inputs(task: TaskType, texts: list[str] | None, images: list[bytes] | None) -> list:
+def check_inputs(texts: list[str] | None, images: list[bytes] | None, limits: InputLimits) -> None:
+    """The caps, from lengths and image headers alone: how many inputs, each text's length and all the texts'
+    together, each image's format and pixels and all the images' together. Nothing is tokenized or decoded here."""
+    for inputs in (texts, images):
+        if inputs and len(inputs) > limits.predict_max_inputs:
+            raise InvalidInput(
+                f"{len(inputs)} inputs; at most {limits.predict_max_inputs} per request "
+                "(FINETUNE_PREDICT_MAX_INPUTS); split the request"
+            )
+    chars = 0
+    for i, text in enumerate(texts or []):
+        if len(text) > limits.max_text_chars:
+            raise InvalidInput(
+                f"texts[{i}] has {len(text):,} characters; the limit is {limits.max_text_chars:,} per text "
+                "(FINETUNE_MAX_TEXT_CHARS); shorten it (the model reads only its first tokens anyway)"
+            )
+        chars += len(text)
+        if chars > limits.predict_max_chars:
+            raise InvalidInput(
+                f"at texts[{i}], the texts hold more than {limits.predict_max_chars:,} characters in all "
+                "(FINETUNE_PREDICT_MAX_CHARS); shorten them or split the request"
+            )
+    budget = limits.predict_max_megapixels * 1_000_000
+    for i, data in enumerate(images or []):
+        try:
+            with open_image(data, max_pixels=limits.max_image_pixels) as img:
+                budget -= image_pixels(img)
+        except ImageRefused as exc:
+            raise InvalidInput(f"images[{i}] {exc.reason}") from exc
+        if budget < 0:
+            raise InvalidInput(
+                f"at images[{i}], the images hold more than {limits.predict_max_megapixels:,} megapixels in all "
+                "(FINETUNE_PREDICT_MAX_MEGAPIXELS); downscale them or split the request"
+            )
+
+
+def _inputs_for(task: TaskType, texts: list[str] | None, images: list[bytes] | None) -> list:
+    """The inputs the model's task reads (image bytes are decoded one at a time when encoded)."""
     if task == TaskType.text_classification:
         if not texts:
             raise InvalidInput("This model classifies text: send 'texts': [\"...\"].")
-        inputs: list = texts
-    else:
-        if not images:
-            raise InvalidInput(
-                "This model classifies images: send image files (multipart 'files') or 'images' as base64."
-            )
-        inputs = images
-    if len(inputs) > MAX_INPUTS:
-        raise InvalidInput(f"At most {MAX_INPUTS} inputs per request; split the request.")
-    return inputs
+        return texts
+    if not images:
+        raise InvalidInput("This model classifies images: send image files (multipart 'files') or 'images' as base64.")
+    return images

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(
         caps.MAX_TEXT_CHARS, ge=1, description="Longest text (characters) in a dataset or a /predict request"
     )
+    max_text_upload_mb: int = Field(
+        caps.MAX_TEXT_UPLOAD_MB, ge=1, description="Largest CSV/JSONL upload (text datasets are parsed in memory)"
+    )
     max_image_pixels: int = Field(
         caps.MAX_IMAGE_PIXELS, ge=1, description="Most pixels of one image (width x height), read before decoding"
     )

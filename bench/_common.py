@@ -84,15 +84,15 @@ def parse_records(task: str, path: Path) -> tuple[list[str], list[dict]]:
     from app.tasktypes.types import TaskType
 
     parsed = parse_upload(TaskType(task), path.name, path.read_bytes())
-    return parsed.labels, records_of(parsed.records)
+    return parsed.labels, records_of(parsed)
 
 
-def records_of(records: list) -> list[dict]:
+def records_of(parsed) -> list[dict]:  # a ParsedDataset
     out = []
-    for r in records:
+    for r in parsed.records:
         row = {"split": r.split, "label": r.label}
-        if r.image is not None:
-            row["image"] = r.image
+        if parsed.task.value == "image_classification":
+            row["image"] = parsed.image_bytes(r)
         else:
             row["text"] = r.text
         out.append(row)

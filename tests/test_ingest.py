@@ -1,4 +1,4 @@
-"""Unit tests for dataset upload parsing; every input is built in memory."""
+"""Unit tests for dataset upload parsing (and storing what was parsed); every input is built in test."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import zipfile
 import pytest
 from PIL import Image
 
+from app.artifacts.layout import read_dataset, write_dataset
+from app.artifacts.store import ArtifactStore
 from app.datasets.ingest import SPLITS, parse_upload
 from app.errors import InvalidUpload
 from app.input_limits import InputLimits
@@ -73,7 +75,26 @@ def test_class_folders_auto_split_is_stratified_and_complete():
     assert ds.counts["test"] == {"cat": 2, "dog": 3}
     assert ds.counts["train"] == {"cat": 16, "dog": 24}
     assert [r.split for r in ds.records] == sorted((r.split for r in ds.records), key=SPLITS.index)
-    assert all(r.image and r.source.endswith(".png") for r in ds.records)
+    assert all(r.member and r.source.endswith(".png") for r in ds.records)
+    assert all(ds.image_bytes(r).startswith(b"\x89PNG") for r in ds.records)
+
+
+def test_an_upload_file_is_checked_and_stored_one_image_at_a_time(tmp_path):
+    """From an open file (an upload spooled to disk), no record holds its image: each names its zip entry, and the
+    stored images.zip is copied entry by entry; what the worker reads back is exactly what was uploaded."""
+    data = class_zip({"cat": 12, "dog": 12})
+    (tmp_path / "up.zip").write_bytes(data)
+    with open(tmp_path / "up.zip", "rb") as upload:
+        ds = parse_upload(IMG, "up.zip", upload)
+        assert all(r.image is None and r.member and len(r.digest) == 64 for r in ds.records)
+        store = ArtifactStore(str(tmp_path / "store"))
+        write_dataset(store, "datasets/d1", ds)
+        ds.close()
+    stored = read_dataset(store, "datasets/d1")
+    with zipfile.ZipFile(io.BytesIO(data)) as original:
+        assert [(r["split"], r["label"], r["image"]) for r in stored] == [
+            (r.split, r.label, original.read(r.member or "")) for r in ds.records
+        ]
 
 
 def test_auto_split_is_deterministic_and_seeded():

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from app.artifacts.store import ArtifactStore
-from app.datasets.ingest import ParsedDataset
+from app.datasets.ingest import ParsedDataset, Record
+from app.tasktypes.types import TaskType
 
 RECORDS = "records.jsonl"
 IMAGES = "images.zip"
@@ -42,21 +46,32 @@ def model_key(model_id: str) -> str:
 
 
 def write_dataset(store: ArtifactStore, key: str, parsed: ParsedDataset) -> None:
-    """records.jsonl (split, label, text or image name) and, for images, one uncompressed images.zip."""
+    """records.jsonl (split, label, text or image name) and, for images, one uncompressed images.zip, built in a
+    temporary file one image at a time (an upload of any size is stored in bounded memory)."""
     lines = []
-    images = io.BytesIO()
-    with zipfile.ZipFile(images, "w", compression=zipfile.ZIP_STORED) as zf:
-        for i, record in enumerate(parsed.records):
-            row: dict[str, Any] = {"split": record.split, "label": record.label}
-            if record.image is not None:
-                row["image"] = f"{i:07d}"
-                zf.writestr(row["image"], record.image)
-            else:
-                row["text"] = record.text
-            lines.append(json.dumps(row, ensure_ascii=False))
-    if any(r.image is not None for r in parsed.records):
-        store.put_bytes(f"{key}/{IMAGES}", images.getvalue())
+    has_images = parsed.task == TaskType.image_classification
+    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
+        images = Path(tmp) / IMAGES
+        with zipfile.ZipFile(images, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i, record in enumerate(parsed.records):
+                row: dict[str, Any] = {"split": record.split, "label": record.label}
+                if has_images:
+                    row["image"] = f"{i:07d}"
+                    _copy_image(parsed, record, zf, row["image"])
+                else:
+                    row["text"] = record.text
+                lines.append(json.dumps(row, ensure_ascii=False))
+        if has_images:
+            store.put_file(images, f"{key}/{IMAGES}")
     store.put_bytes(f"{key}/{RECORDS}", ("\n".join(lines) + "\n").encode())
+
+
+def _copy_image(parsed: ParsedDataset, record: Record, zf: zipfile.ZipFile, name: str) -> None:
+    if record.member is None or parsed.archive is None:
+        zf.writestr(name, parsed.image_bytes(record))
+        return
+    with parsed.archive.open(record.member) as src, zf.open(name, "w", force_zip64=True) as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
 def read_dataset(store: ArtifactStore, key: str) -> list[dict[str, Any]]:

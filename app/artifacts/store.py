@@ -53,6 +53,19 @@ class ArtifactStore:
         else:
             self.fs.pipe_file(path, data)
 
+    def put_file(self, local_file: Path, key: str) -> None:
+        """Copy a local file to `key` without reading it into memory (local: copy then rename)."""
+        path = self.path(key)
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            shutil.copyfile(local_file, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.put_file(str(local_file), path)
+
     def get_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 

@@ -3,10 +3,12 @@ declared size and compression ratio checked before anything is unpacked."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import zipfile
+from typing import BinaryIO
 
 from app.datasets.labels import check_label, check_label_spellings, shown
 from app.datasets.records import Record, split_name
@@ -25,37 +27,52 @@ IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 LAYOUT_HINT = "expected <class>/<image> or train|val|test/<class>/<image>"
 
 
-def parse_image_zip(data: bytes, limits: InputLimits) -> tuple[list[Record], bool]:
-    """Read a zip of class folders (optionally under train/val/test) into records with verified images."""
-    if not zipfile.is_zipfile(io.BytesIO(data)):
+def parse_image_zip(data: bytes | BinaryIO, limits: InputLimits) -> tuple[list[Record], bool, zipfile.ZipFile]:
+    """Read a zip of class folders (optionally under train/val/test) into records of verified images.
+
+    The images stay in the upload: each record names its entry (`member`), and the archive is returned open, so
+    an upload of any size is checked one image at a time in bounded memory."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    if not zipfile.is_zipfile(source):
         raise InvalidUpload("an image dataset must be a .zip of class folders, e.g. cat/001.jpg, dog/002.png")
+    source.seek(0)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidUpload(f"the zip archive is damaged ({_brief(exc)}); re-create it and upload again") from exc
-    with archive:
-        infos = archive.infolist()
-        _check_zip_limits(infos, limits)
-        files = [info for info in infos if not _is_ignored(info)]
-        if not files:
-            raise InvalidUpload("the archive contains no images; put them in one folder per class, e.g. cat/001.jpg")
-        placed = _place_entries([info.filename for info in files])
-        for info, (_, label) in zip(files, placed, strict=True):
-            check_label(f'"{shown(info.filename)}"', label)
-        check_label_spellings(
-            (label, json.dumps(label, ensure_ascii=False), f'"{shown(info.filename)}"')
-            for info, (_, label) in zip(files, placed, strict=True)
+    try:
+        records, splits_given = _records(archive, limits)
+    except BaseException:
+        archive.close()
+        raise
+    return records, splits_given, archive
+
+
+def _records(archive: zipfile.ZipFile, limits: InputLimits) -> tuple[list[Record], bool]:
+    """The archive's entries, checked, as records naming their entries."""
+    infos = archive.infolist()
+    _check_zip_limits(infos, limits)
+    files = [info for info in infos if not _is_ignored(info)]
+    if not files:
+        raise InvalidUpload("the archive contains no images; put them in one folder per class, e.g. cat/001.jpg")
+    placed = _place_entries([info.filename for info in files])
+    for info, (_, label) in zip(files, placed, strict=True):
+        check_label(f'"{shown(info.filename)}"', label)
+    check_label_spellings(
+        (label, json.dumps(label, ensure_ascii=False), f'"{shown(info.filename)}"')
+        for info, (_, label) in zip(files, placed, strict=True)
+    )
+    pixels = _PixelBudget(limits.max_dataset_megapixels)
+    records = [
+        Record(
+            split=split or "train",
+            label=label,
+            source=shown(info.filename),
+            member=info.filename,
+            digest=_check_image(archive, info, limits, pixels),
         )
-        pixels = _PixelBudget(limits.max_dataset_megapixels)
-        records = [
-            Record(
-                split=split or "train",
-                label=label,
-                image=_read_image(archive, info, limits, pixels),
-                source=shown(info.filename),
-            )
-            for info, (split, label) in zip(files, placed, strict=True)
-        ]
+        for info, (split, label) in zip(files, placed, strict=True)
+    ]
     return records, any(split is not None for split, _ in placed)
 
 
@@ -161,8 +178,8 @@ class _PixelBudget:
             )
 
 
-def _read_image(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InputLimits, pixels: _PixelBudget) -> bytes:
-    """Extract one entry and prove it is an allowed image under the caps that decodes fully."""
+def _check_image(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InputLimits, pixels: _PixelBudget) -> str:
+    """Extract one entry and prove it is an allowed image under the caps that decodes fully; its sha256."""
     name = shown(info.filename)
     try:
         blob = _read_entry(archive, info)
@@ -171,7 +188,7 @@ def _read_image(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InputLi
         img.close()
     except ImageRefused as exc:
         raise InvalidUpload(f'"{name}" {exc.reason}') from exc
-    return blob
+    return hashlib.sha256(blob).hexdigest()
 
 
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

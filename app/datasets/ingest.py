@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from app.datasets.image_zip import parse_image_zip
 from app.datasets.records import SPLITS, Record, plural
 from app.datasets.text_file import parse_text
-from app.errors import InvalidUpload
+from app.errors import InvalidUpload, PayloadTooLarge
 from app.input_limits import InputLimits
 from app.tasktypes.types import TaskType
 
@@ -29,12 +31,24 @@ class ParsedDataset:
     counts: dict[str, dict[str, int]]  # split -> label -> count (every split and label present, zeros included)
     warnings: list[str]
     splits_given: bool  # True if the upload carried its own split
+    archive: zipfile.ZipFile | None = None  # image uploads: the open upload, which the records' images stay in
+
+    def image_bytes(self, record: Record) -> bytes:
+        """One record's image file (read from the upload when the record names its entry)."""
+        if record.image is not None:
+            return record.image
+        assert self.archive is not None and record.member is not None
+        return self.archive.read(record.member)
+
+    def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
 
 
 def parse_upload(
     task: TaskType,
     filename: str,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     text_column: str = "text",
     label_column: str = "label",
@@ -42,12 +56,39 @@ def parse_upload(
     limits: InputLimits | None = None,
 ) -> ParsedDataset:
     """Validate an upload, split it if needed and report counts and warnings; raise InvalidUpload on user errors
-    (and on anything over `limits`, the configured caps; default: the settings' defaults)."""
+    (and on anything over `limits`, the configured caps; default: the settings' defaults).
+
+    `data` may be an open file (an upload spooled to disk): an image zip is then read one entry at a time and its
+    images stay in it, so the caller keeps it open until the dataset is stored, then calls `close()`."""
     limits = limits or InputLimits()
+    archive = None
     if task == TaskType.image_classification:
-        records, splits_given = parse_image_zip(data, limits)
+        records, splits_given, archive = parse_image_zip(data, limits)
     else:
-        records, splits_given = parse_text(filename, data, text_column, label_column, limits)
+        text = data if isinstance(data, bytes) else _read_capped(data, limits.max_text_upload_mb)
+        records, splits_given = parse_text(filename, text, text_column, label_column, limits)
+    try:
+        return _checked(task, records, splits_given, seed, archive)
+    except BaseException:
+        if archive is not None:
+            archive.close()
+        raise
+
+
+def _read_capped(upload: BinaryIO, limit_mb: int) -> bytes:
+    """A text upload's bytes: text datasets are parsed in memory, so their size has a cap of its own."""
+    data = upload.read(limit_mb * 1024 * 1024 + 1)
+    if len(data) > limit_mb * 1024 * 1024:
+        raise PayloadTooLarge(
+            f"CSV and JSONL uploads are limited to {limit_mb} MB (FINETUNE_MAX_TEXT_UPLOAD_MB); that is millions of "
+            "examples, more than fine-tuning a classifier needs: upload a sample"
+        )
+    return data
+
+
+def _checked(
+    task: TaskType, records: list[Record], splits_given: bool, seed: int, archive: zipfile.ZipFile | None
+) -> ParsedDataset:
     if not records:
         raise InvalidUpload("the dataset is empty")
     labels = sorted({r.label for r in records})
@@ -62,7 +103,7 @@ def parse_upload(
     if missing_train:
         raise InvalidUpload(f"class '{missing_train[0]}' has no examples in the train split; add some to train")
     warnings = notes + _quality_warnings(records, labels, counts)
-    return ParsedDataset(task, labels, records, counts, warnings, splits_given)
+    return ParsedDataset(task, labels, records, counts, warnings, splits_given, archive)
 
 
 # --- splitting -------------------------------------------------------------------------------------------------
@@ -137,8 +178,11 @@ def _duplicate_warning(records: list[Record]) -> list[str]:
     they weigh more in training (or in the metrics) than the rest."""
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        content = r.image if r.image is not None else (r.text or "").encode()
-        groups[hashlib.sha256(content).hexdigest()].append(r)
+        if r.digest:
+            groups[r.digest].append(r)
+        else:
+            content = r.image if r.image is not None else (r.text or "").encode()
+            groups[hashlib.sha256(content).hexdigest()].append(r)
     repeated = [group for group in groups.values() if len(group) > 1]
     warnings = []
     leaked = [group for group in repeated if len({r.split for r in group}) > 1]

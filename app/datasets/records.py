@@ -13,8 +13,10 @@ class Record:
     split: str  # "train" | "val" | "test"
     label: str
     text: str | None = None  # text tasks
-    image: bytes | None = None  # image tasks: the original file bytes (already verified decodable)
+    image: bytes | None = None  # image bytes held in memory (records built in code)
     source: str = ""  # where it came from: "cat/001.jpg" or "line 12", used in messages
+    member: str | None = None  # image uploads: the verified entry's name in the uploaded zip (read when stored)
+    digest: str = ""  # sha256 of the image file, for duplicate checks without holding the bytes
 
 
 def split_name(raw: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -12,7 +13,7 @@ from app.datasets.tables import Dataset
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, SettingsDep, StoreDep
 from app.errors import PayloadTooLarge
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
-from app.idempotency.service import fingerprint, run_once
+from app.idempotency.service import file_digest, fingerprint, run_once
 from app.input_limits import InputLimits
 from app.pagination import Page, Paging
 from app.quotas.service import check_can_store
@@ -45,22 +46,23 @@ def upload_dataset(
 ) -> Any:
     """Upload a dataset. Send an `Idempotency-Key` header to make retries safe (the same key and file answer with
     the first dataset)."""
-    limit = settings.max_upload_mb * 1024 * 1024
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
+    upload = file.file  # spooled to disk past 1 MB by the form parser: never read whole into memory
+    size = upload.seek(0, os.SEEK_END)
+    upload.seek(0)
+    if size > settings.max_upload_mb * 1024 * 1024:
         raise PayloadTooLarge(f"Uploads are limited to {settings.max_upload_mb} MB (FINETUNE_MAX_UPLOAD_MB).")
     filename = (file.filename or "upload")[-200:]  # its end holds the extension; the name column takes 200
 
     def create(remember: Remember) -> Dataset:
-        check_can_store(session, settings, team, len(data))
+        check_can_store(session, settings, team, size)
         dataset = service.create_dataset(
-            session, store, team.id, task=task, filename=filename, data=data, name=name,
+            session, store, team.id, task=task, filename=filename, upload=upload, size=size, name=name,
             text_column=text_column, label_column=label_column, limits=InputLimits.from_settings(settings),
         )  # fmt: skip
         remember(201, DatasetRead.model_validate(dataset).model_dump(mode="json"))
         return dataset
 
-    print_ = fingerprint(data, task.value, filename, name, text_column, label_column)
+    print_ = fingerprint(file_digest(upload), task.value, filename, name, text_column, label_column)
     return replayed(run_once(session, team.id, "POST /datasets", idempotency_key, print_, create))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.artifacts.layout import dataset_key, write_dataset
 from app.artifacts.store import ArtifactStore
-from app.datasets.ingest import parse_upload
+from app.datasets.ingest import ParsedDataset, parse_upload
 from app.datasets.tables import Dataset
 from app.errors import Conflict, InvalidUpload, NotFound
 from app.input_limits import InputLimits
@@ -23,26 +25,43 @@ def create_dataset(
     *,
     task: TaskType,
     filename: str,
-    data: bytes,
+    upload: BinaryIO,
+    size: int,
     name: str | None,
     text_column: str,
     label_column: str,
     limits: InputLimits,
 ) -> Dataset:
-    """Validate the whole upload against `limits`, then store files and row; a failure leaves nothing behind."""
-    if not data:
+    """Validate the whole upload (an open file) against `limits`, then store files and row; a failure leaves nothing
+    behind. Images are checked and copied one at a time, never all in memory."""
+    if size == 0:
         raise InvalidUpload(f"'{filename}' is empty; upload a zip of class folders or a CSV/JSONL file")
-    parsed = parse_upload(task, filename, data, text_column=text_column, label_column=label_column, limits=limits)
+    parsed = parse_upload(task, filename, upload, text_column=text_column, label_column=label_column, limits=limits)
+    try:
+        return _store(session, store, team_id, parsed, filename, name, size)
+    finally:
+        parsed.close()
+
+
+def _store(
+    session: Session,
+    store: ArtifactStore,
+    team_id: str,
+    parsed: ParsedDataset,
+    filename: str,
+    name: str | None,
+    size: int,
+) -> Dataset:
     dataset = Dataset(
         team_id=team_id,
         name=name or filename,
-        task=task.value,
+        task=parsed.task.value,
         filename=filename,
         labels=parsed.labels,
         counts=parsed.counts,
         warnings=parsed.warnings,
         num_examples=len(parsed.records),
-        size_bytes=len(data),
+        size_bytes=size,
         splits_given=parsed.splits_given,
         storage_key="",
     )

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +41,16 @@ def fingerprint(*parts: object) -> str:
     for part in parts:
         digest.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
         digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def file_digest(file: BinaryIO) -> str:
+    """sha256 of an open file's content, read in chunks; the file is left at its start."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    while chunk := file.read(1024 * 1024):
+        digest.update(chunk)
+    file.seek(0)
     return digest.hexdigest()
 
 

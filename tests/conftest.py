@@ -150,3 +150,15 @@ def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str] = TERMINA
             return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def wait_for_step(client: httpx.Client, job_id: str, step: int, timeout: float = 240) -> dict:
+    """Poll GET /jobs/{id} until the running job has reached `step` (it must not finish before)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        if job["step"] >= step:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not reach step {step}")

@@ -6,13 +6,12 @@ The job resumed after SIGKILL must end with the same weights and report as the s
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from safetensors.torch import load_file
 
 from app.artifacts.layout import model_key
-from tests.conftest import running_service, wait_for_job
+from tests.conftest import running_service, wait_for_job, wait_for_step
 from tests.factories import text_csv, text_rows
 from tests.stacks import private_stack
 
@@ -45,17 +44,6 @@ def _submit(client, dataset_id: str) -> str:
     return answer.json()["id"]
 
 
-def _wait_for_step(client, job_id: str, step: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        assert job["status"] in ("queued", "running"), job
-        if job["step"] >= step:
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} did not reach step {step}")
-
-
 def _weights(service, job: dict) -> dict:
     return load_file(str(service.store().local_dir(model_key(job["model_id"])) / "model.safetensors"))
 
@@ -76,7 +64,7 @@ def reference(crashy):
 def test_sigkill_mid_epoch_resumes_to_bit_identical_weights_and_report(crashy, reference):
     service, client, dataset_id = crashy
     job_id = _submit(client, dataset_id)
-    running = _wait_for_step(client, job_id, 30)
+    running = wait_for_step(client, job_id, 30)
     assert running["epoch"] == 0  # 100 steps per epoch: the kill lands mid-epoch
     service.processes["worker0"].send_signal(signal.SIGKILL)
     service.processes["worker0"].wait()
@@ -106,7 +94,7 @@ def test_sigterm_checkpoints_and_hands_the_job_back_at_once(crashy, reference):
     service, client, dataset_id = crashy
     worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
     job_id = _submit(client, dataset_id)
-    _wait_for_step(client, job_id, 25)
+    wait_for_step(client, job_id, 25)
     service.processes[worker].send_signal(signal.SIGTERM)
     assert service.processes[worker].wait(timeout=60) == 0
     handed_back = client.get(f"/jobs/{job_id}").json()
@@ -137,7 +125,7 @@ def test_cancel_while_the_worker_is_dead_stays_cancelled(crashy):
     service, client, dataset_id = crashy
     worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
     job_id = _submit(client, dataset_id)
-    _wait_for_step(client, job_id, 15)
+    wait_for_step(client, job_id, 15)
     service.processes[worker].send_signal(signal.SIGKILL)
     service.processes[worker].wait()
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "running"

@@ -22,7 +22,7 @@ from app.db import utcnow
 from app.jobs.reaper import reclaim_from_dead_worker
 from app.jobs.tables import JobEvent, JobStatus, TrainingJob
 from app.supervisor import Supervisor, describe_exit
-from tests.conftest import wait_for_job
+from tests.conftest import wait_for_job, wait_for_step
 from tests.factories import insert_job, text_csv, text_rows
 from tests.stacks import private_stack, process_env
 
@@ -56,17 +56,6 @@ def child_running(pid: int, marker: str, other_than: int | None = None, timeout:
                 return child
         time.sleep(0.2)
     raise TimeoutError(f"no {marker} child of {pid}")
-
-
-def wait_for_step(client: httpx.Client, job_id: str, step: int, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        assert job["status"] in ("queued", "running"), job
-        if job["step"] >= step:
-            return job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} did not reach step {step}")
 
 
 def test_up_restarts_a_killed_worker_its_job_completes_and_the_api_stays_up(tmp_path, models_dir):

@@ -135,6 +135,17 @@ def other_key(service: Service) -> str:
     return service.new_key("team-b")
 
 
+@pytest.fixture(scope="module")
+def text_dataset(service: Service, key: str) -> str:
+    """A small text dataset of team A's (tests/factories.py text_csv), uploaded once per test module."""
+    from tests.factories import text_csv
+
+    with service.client(key) as client:
+        answer = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
 @pytest.fixture
 def client(service: Service, key: str) -> Iterator[httpx.Client]:
     with service.client(key) as c:

@@ -15,7 +15,6 @@ from app.config import Settings
 from app.jobs.stop_reasons import JobFailed, user_facing
 from app.main import create_app
 from app.public_text import public_text
-from tests.factories import text_csv
 
 PROBLEM = "application/problem+json"
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -27,14 +26,6 @@ def assert_problem(answer, status: int) -> dict:
     body = answer.json()
     assert body["status"] == status and body["title"] and body["detail"]
     return body
-
-
-@pytest.fixture(scope="module")
-def dataset_id(service, key) -> str:
-    with service.client(key) as client:
-        answer = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
-        assert answer.status_code == 201, answer.text
-        return answer.json()["id"]
 
 
 # --- the catch-all, on the real app with one extra route that fails ----------------------------------------------
@@ -99,11 +90,11 @@ def test_every_answer_carries_a_request_id_and_keeps_a_safe_one_the_client_sent(
 # --- bounded integers, strings and ids ----------------------------------------------------------------------------
 
 
-def test_cursors_and_query_integers_beyond_any_row_are_422(service, key, dataset_id):
+def test_cursors_and_query_integers_beyond_any_row_are_422(service, key, text_dataset):
     huge = str(10**20)
     with service.client(key) as client:
         job = client.post(
-            "/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", "hyperparameters": {"max_steps": 1}}
+            "/jobs", json={"dataset_id": text_dataset, "base_model": "tiny-bert", "hyperparameters": {"max_steps": 1}}
         )
         assert job.status_code == 201, job.text
         job_id = job.json()["id"]
@@ -133,9 +124,9 @@ def test_cursors_and_query_integers_beyond_any_row_are_422(service, key, dataset
         b'{"eval_every_steps": 100000000000000000000}',
     ],
 )
-def test_non_finite_floats_and_huge_integers_in_a_spec_are_422(service, key, dataset_id, hyperparameters):
+def test_non_finite_floats_and_huge_integers_in_a_spec_are_422(service, key, text_dataset, hyperparameters):
     body = b'{"dataset_id": "%s", "base_model": "tiny-bert", "hyperparameters": %s}' % (
-        dataset_id.encode(),
+        text_dataset.encode(),
         hyperparameters,
     )
     with service.client(key) as client:
@@ -163,10 +154,10 @@ def test_echoes_of_what_the_client_sent_are_bounded(service, key):
         assert len(body.get("errors", [])) <= 20
 
 
-def test_a_missing_base_model_is_named_without_the_models_folder(service, key, dataset_id):
+def test_a_missing_base_model_is_named_without_the_models_folder(service, key, text_dataset):
     with service.client(key) as client:
         for name in ("no-such-model", str(service.models_dir / "no-such-model"), "../tiny-bert"):
-            answer = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": name})
+            answer = client.post("/jobs", json={"dataset_id": text_dataset, "base_model": name})
             body = assert_problem(answer, 422)
             assert "was not found" in body["detail"], body
             assert str(service.models_dir) not in answer.text

@@ -9,14 +9,6 @@ from app.jobs.spec_checks import max_positions
 from tests.factories import text_csv, text_rows
 
 
-@pytest.fixture(scope="module")
-def text_dataset(service, key) -> str:
-    with service.client(key) as client:
-        answer = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]
-
-
 def _refused(client: httpx.Client, body: dict) -> str:
     before = {j["id"] for j in client.get("/jobs", params={"limit": 200}).json()["items"]}
     answer = client.post("/jobs", json=body)

@@ -196,7 +196,9 @@ def main() -> None:
             env=env, cwd=C.ROOT, capture_output=True, text=True, check=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-            dataset = client.post("/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"})
+            dataset = client.post(
+                "/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"}
+            )
             dataset.raise_for_status()
             job = client.post("/jobs", json={"dataset_id": dataset.json()["id"], "base_model": "tiny-bert"})
             job.raise_for_status()

@@ -84,6 +84,7 @@ document.addEventListener("click", (e) => {
 document.getElementById("sign-out").addEventListener("click", () => { clearKey(); route(); });
 window.addEventListener("popstate", route);
 window.addEventListener("console:unauthorized", () => {
+  if (document.getElementById("signin")) return;  // the sign-in form says it itself
   clearKey();
   current?.abort();
   signIn("Your key is no longer accepted; sign in again.");

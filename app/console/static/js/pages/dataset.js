@@ -2,14 +2,14 @@
 
 import { api } from "../api.js";
 import { bars, COLORS } from "../charts.js";
-import { h, age } from "../dom.js";
+import { h, age, append } from "../dom.js";
 
 const SPLITS = ["train", "val", "test"];
 
 export async function render(main, [datasetId], signal) {
   const id = encodeURIComponent(datasetId);
   const ds = await api(`/datasets/${id}`, { signal });
-  main.append(
+  append(main, [
     h("h1", {}, ds.name),
     h("div", { class: "card" }, h("dl", { class: "kv" },
       h("dt", {}, "id"), h("dd", {}, ds.id),
@@ -20,7 +20,7 @@ export async function render(main, [datasetId], signal) {
       h("dt", {}, "uploaded"), h("dd", {}, `${age(ds.created_at)} ago`))),
     ds.warnings.length
       ? h("div", { class: "card", id: "warnings" }, h("h2", {}, "Warnings"), h("ul", {}, ds.warnings.map((w) => h("li", { class: "warn" }, w))))
-      : null);
+      : null]);
 
   const max = Math.max(1, ...SPLITS.flatMap((sp) => Object.values(ds.counts[sp] || {})));
   main.append(h("div", { class: "grid", id: "class-counts" }, SPLITS.map((sp, i) => {

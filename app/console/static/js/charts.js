@@ -1,7 +1,7 @@
 // Hand-written SVG charts (no library): line charts that grow as points arrive, horizontal bars, a heat map.
 // Each chart exposes what it shows as data attributes (data-points), for people with devtools and for tests.
 
-import { h, s, clear, fmt } from "./dom.js";
+import { h, s, clear } from "./dom.js";
 
 export const COLORS = ["#2f6fed", "#e5753a", "#1a8f4c", "#9b4dca", "#c23b30", "#0f9fb0"];
 
@@ -54,14 +54,16 @@ export class LineChart {
     let [y0, y1] = [Math.min(...all.map((p) => ty(p[1]))), Math.max(...all.map((p) => ty(p[1])))];
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
-    const pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad;
+    const pad = (y1 - y0) * 0.05;
+    y0 = !this.logY && y0 >= 0 && y0 - pad < 0 ? 0 : y0 - pad;  // a rate or a loss never dips below 0 on the axis
+    y1 += pad;
     const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const Y = (y) => T + (1 - (ty(y) - y0) / (y1 - y0)) * (H - T - B);
     for (let i = 0; i <= 4; i++) {
       const v = y0 + ((y1 - y0) * i) / 4;
       const y = T + (1 - i / 4) * (H - T - B);
       this.svg.append(s("line", { class: "grid", x1: L, x2: W - R, y1: y, y2: y }));
-      this.svg.append(s("text", { x: L - 4, y: y + 3, "text-anchor": "end" }, fmt(this.logY ? 10 ** v : v, 3)));
+      this.svg.append(s("text", { x: L - 4, y: y + 3, "text-anchor": "end" }, tick(this.logY ? 10 ** v : v)));
     }
     this.svg.append(s("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     for (let i = 0; i <= 4; i++) {
@@ -72,11 +74,22 @@ export class LineChart {
     for (const [, pts] of this.series) {
       const color = COLORS[i++ % COLORS.length];
       if (!pts.length) continue;
-      const d = pts.map((p, j) => `${j ? "L" : "M"}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join("");
+      const every = Math.ceil(pts.length / 1500);  // draw at most ~1500 points a series; the last always
+      const shown = every > 1 ? pts.filter((_, j) => j % every === 0 || j === pts.length - 1) : pts;
+      const d = shown.map((p, j) => `${j ? "L" : "M"}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join("");
       this.svg.append(s("path", { class: "line", d, stroke: color }));
       if (pts.length < 40) for (const p of pts) this.svg.append(s("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.2, fill: color }));
     }
   }
+}
+
+// An axis label: 3 significant digits, no exponent for ordinary numbers.
+function tick(v) {
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  if (a >= 1e5 || a < 1e-3) return v.toExponential(1);
+  if (a >= 100) return String(Math.round(v));
+  return String(Number(v.toPrecision(3)));
 }
 
 // Horizontal bars: rows of [label, value]; `max` sets the full width (default: the largest value).
@@ -94,7 +107,7 @@ export function heatmap(labels, matrix) {
   const n = labels.length;
   const cell = n > 20 ? 18 : n > 10 ? 28 : 44;
   const longest = Math.max(...labels.map((l) => l.length));
-  const gutter = Math.min(180, 12 + longest * 7);
+  const gutter = Math.min(200, 34 + longest * 7);
   const W = gutter + n * cell + 10, H = gutter + n * cell + 10;
   const svg = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-testid": "confusion-matrix" });
   const rowMax = matrix.map((r) => Math.max(1, ...r));

@@ -37,12 +37,12 @@ export async function render(main, [jobId], signal) {
 
   main.append(
     head,
-    h("div", { class: "grid" }, charts.loss.el, charts.val.el, charts.lr.el, charts.speed.el),
+    h("div", { class: "grid charts" }, charts.loss.el, charts.val.el, charts.lr.el, charts.speed.el),
     h("div", { class: "grid", style: { marginTop: "16px" } },
       h("div", { class: "card" }, h("h2", {}, "Evaluations"),
-        h("table", { id: "evaluations" },
+        h("div", { class: "scroll" }, h("table", { id: "evaluations" },
           h("thead", {}, h("tr", {}, h("th", { class: "num" }, "step"), h("th", { class: "num" }, "epoch"),
-            EVAL_NAMES.map((n) => h("th", { class: "num" }, n)))), evalBody)),
+            EVAL_NAMES.map((n) => h("th", { class: "num" }, n)))), evalBody))),
       h("div", { class: "card" }, h("h2", {}, "Events ", streamState), timeline)),
     h("div", { class: "card", style: { marginTop: "16px" } }, h("h2", {}, "Checkpoints"), checkpoints),
     hyperparameters(job),
@@ -79,15 +79,20 @@ export async function render(main, [jobId], signal) {
     setProgress(bar, job.progress);
   }
 
+  let evalTimer = null;
   function addEval(row) {
     const e = evals.get(row.step) || { epoch: row.epoch };
     e[row.name] = row.value;
     evals.set(row.step, e);
-    clear(evalBody);
-    for (const [step, v] of [...evals.entries()].sort((a, b) => a[0] - b[0])) {
-      evalBody.append(h("tr", {}, h("td", { class: "num" }, step), h("td", { class: "num" }, fmt(v.epoch, 2)),
-        EVAL_NAMES.map((n) => h("td", { class: "num" }, fmt(v[n])))));
-    }
+    if (evalTimer) return;  // a backlog of many rows: one redraw
+    evalTimer = setTimeout(() => {
+      evalTimer = null;
+      clear(evalBody);
+      for (const [step, v] of [...evals.entries()].sort((a, b) => b[0] - a[0])) {  // newest first
+        evalBody.append(h("tr", { "data-step": step }, h("td", { class: "num" }, step), h("td", { class: "num" }, fmt(v.epoch, 2)),
+          EVAL_NAMES.map((n) => h("td", { class: "num" }, fmt(v[n])))));
+      }
+    }, 200);
   }
 
   function addEvent(ev) {

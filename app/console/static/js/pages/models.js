@@ -5,6 +5,7 @@ import { api, allPages, ApiError } from "../api.js";
 import { h, clear, age, fmt, pct, confirmDialog } from "../dom.js";
 
 export async function render(main, _params, signal) {
+  let aliasToMove = "production";
   const aliasesEl = h("div", { class: "card", id: "aliases" });
   const table = h("div", { class: "card", id: "models" });
   const message = h("div", { id: "alias-message" });
@@ -26,7 +27,7 @@ export async function render(main, _params, signal) {
         h("th", {}, a.name), h("td", {}, describe(byId.get(a.model_id), a.model_id)), h("td", { class: "muted" }, `moved ${age(a.updated_at)} ago`)))))
       : h("p", { class: "muted" }, "No aliases yet. POST /predict without a model uses 'production'."));
 
-    const aliasName = h("input", { id: "alias-name", value: "production", pattern: "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "aria-label": "alias name", size: 14 });
+    const aliasName = h("input", { id: "alias-name", value: aliasToMove, oninput: (e) => { aliasToMove = e.target.value; }, pattern: "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "aria-label": "alias name", size: 14 });
     clear(table).append(
       h("div", { class: "row" }, h("h2", {}, "Models"), h("span", { style: { flex: 1 } }), h("label", {}, "alias to move: ", aliasName)),
       h("table", {},

@@ -121,9 +121,9 @@ def test_job_page_curves_grow_while_training_then_cancel(page: Page, service, cl
     _until(page, f"document.querySelector('#chart-loss').dataset.points > {before + 3}")
     assert _points(page, "#chart-lr") > 0 and _points(page, "#chart-throughput") > 0
     _until(page, "document.querySelector('#chart-validation').dataset.points > 0")
-    assert page.locator("#evaluations tbody tr").count() >= 1
+    page.wait_for_selector("#evaluations tbody tr")
     assert page.locator("#events li[data-kind=claimed]").count() == 1
-    assert page.locator("#hyperparameters tr[data-name=batch_size] td").first.inner_text() == "8"
+    assert page.inner_text("#hyperparameters [data-name=batch_size] dd") == "8"
     page.screenshot(path=str(shots / "job-live.png"), full_page=True)
 
     page.click("#cancel-job")

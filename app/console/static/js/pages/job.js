@@ -38,6 +38,7 @@ export async function render(main, [jobId], signal) {
   main.append(
     head,
     h("div", { class: "grid charts" }, charts.loss.el, charts.val.el, charts.lr.el, charts.speed.el),
+    report,
     h("div", { class: "grid", style: { marginTop: "16px" } },
       h("div", { class: "card" }, h("h2", {}, "Evaluations"),
         h("div", { class: "scroll" }, h("table", { id: "evaluations" },
@@ -45,8 +46,7 @@ export async function render(main, [jobId], signal) {
             EVAL_NAMES.map((n) => h("th", { class: "num" }, n)))), evalBody))),
       h("div", { class: "card" }, h("h2", {}, "Events ", streamState), timeline)),
     h("div", { class: "card", style: { marginTop: "16px" } }, h("h2", {}, "Checkpoints"), checkpoints),
-    hyperparameters(job),
-    report);
+    hyperparameters(job));
 
   drawHead();
 
@@ -54,7 +54,8 @@ export async function render(main, [jobId], signal) {
     clear(head);
     const bar = progressBar(job.progress);
     const cancel = h("button", { class: "danger", id: "cancel-job", type: "button" }, "Cancel job");
-    cancel.disabled = FINISHED.has(job.status) || job.cancel_requested;
+    cancel.disabled = job.cancel_requested;
+    cancel.hidden = FINISHED.has(job.status);
     cancel.addEventListener("click", async () => {
       if (!(await confirmDialog(`Cancel job ${job.id}? It stops at the next step and cannot be resumed.`, "Cancel job"))) return;
       try { job = await api(`/jobs/${job.id}/cancel`, { method: "POST" }); drawHead(); }
@@ -157,15 +158,17 @@ function drawCheckpoints(el, rows) {
 function hyperparameters(job) {
   const hp = job.hyperparameters || {};
   const auto = hp.auto || {};
+  const show = (v) => (typeof v === "object" && v !== null ? JSON.stringify(v) : String(v));
   const rows = Object.entries(hp).filter(([k]) => k !== "auto" && k !== "expected_memory");
+  const memory = hp.expected_memory || {};
   return h("div", { class: "card", id: "hyperparameters", style: { marginTop: "16px" } },
     h("h2", {}, "Hyperparameters as used"),
-    h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", { "data-name": k },
-      h("th", {}, k), h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)),
-      h("td", { class: "muted" }, auto[k] ? `auto: ${auto[k]}` : ""))))),
-    Object.keys(auto).filter((k) => !(k in hp)).map((k) => h("p", { class: "muted" }, `${k}: ${auto[k]}`)),
-    hp.expected_memory && Object.keys(hp.expected_memory).length
-      ? h("p", { class: "muted" }, `expected memory (MB): ${JSON.stringify(hp.expected_memory)}` ) : null);
+    h("dl", { class: "kv columns" }, rows.map(([k, v]) => h("div", { "data-name": k },
+      h("dt", {}, k), h("dd", {}, show(v), auto[k] ? h("span", { class: "auto" }, " (auto)") : null)))),
+    Object.keys(auto).length
+      ? h("ul", { class: "muted", id: "auto-reasons" }, Object.entries(auto).map(([k, why]) => h("li", {}, h("strong", {}, k), ` "auto": ${why}`)))
+      : null,
+    Object.keys(memory).length ? h("p", { class: "muted" }, `expected memory in a worker (MB): ${show(memory)}`) : null);
 }
 
 function drawReport(el, r) {

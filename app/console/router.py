@@ -26,6 +26,7 @@ SHELL_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
+
 class ConsoleFiles(StaticFiles):
     """Static files with the console's security headers; revalidated on each load (no stale JS after an upgrade)."""
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from app.processes import ROOT
 from tests.conftest import wait_for_job, wait_for_step
@@ -156,6 +157,34 @@ def test_finished_job_shows_confusion_matrix_and_per_class_table(page: Page, ser
     page.select_option("#status-filter", "succeeded")
     _until(page, "[...document.querySelectorAll('#jobs-table .badge')].every(b => b.dataset.status === 'succeeded')")
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+
+
+def test_a_dropped_stream_resumes_with_last_event_id(page: Page, service, client, quick_jobs):
+    """The first connection is cut halfway through the backlog (no `end`); the page reconnects with the id of the
+    last message it got, and ends with every row exactly once."""
+    job = wait_for_job(client, quick_jobs[1])
+    asked: list[str | None] = []
+    cut_at: list[str] = []
+
+    def drop_the_first_connection(route: Route) -> None:
+        asked.append(route.request.headers.get("last-event-id"))
+        if len(asked) > 1:
+            route.continue_()
+            return
+        messages = route.fetch().text().split("\n\n")
+        half = "\n\n".join(messages[: len(messages) // 2]) + "\n\n"
+        cut_at.append(re.findall(r"^id: (\S+)$", half, re.M)[-1])
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=half)
+
+    page.route(re.compile(rf"/jobs/{job['id']}/stream$"), drop_the_first_connection)
+    page.goto(f"{service.url}/ui/jobs/{job['id']}")
+    page.wait_for_selector("#stream-state[data-state=ended]", timeout=30_000)
+    assert asked == [None, cut_at[0]]
+    events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]
+    assert page.locator("#events li").count() == len(events)
+    metrics = client.get(f"/jobs/{job['id']}/metrics", params={"limit": 10000}).json()["items"]
+    losses = [m for m in metrics if m["name"] in ("train_loss", "val_loss")]
+    assert _points(page, "#chart-loss") == len(losses)
 
 
 def test_moving_an_alias_from_the_models_page_changes_what_predict_serves(

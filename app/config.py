@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     )
     stream_max_connections: int = Field(1000, ge=1, description="live streams one API process holds at once (503)")
     stream_max_per_team: int = Field(100, ge=1, description="live streams one team may hold per API process (429)")
+    metrics_token: str | None = Field(
+        None, description="if set, GET /metrics asks for it as a bearer token; unset, /metrics is open (no team data)"
+    )
     reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@ the end, team scoping and limits. The service runs with a 1 s heartbeat and 6 st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -11,9 +12,15 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
+from app.db import Database
+from app.errors import TooManyRequests
+from app.jobs.schemas import JobRead
+from app.jobs.stream import EVENT_PAGE, MAX_QUEUED, METRIC_PAGE, Cursor, StreamHub, Subscription, TooManyStreams
+from app.jobs.tables import JobEvent, Metric, TrainingJob
 from tests.conftest import wait_for_job
-from tests.factories import text_csv
+from tests.factories import insert_job, text_csv
 
 LONG = {"epochs": 1000, "batch_size": 8, "early_stopping": None}
 
@@ -199,3 +206,78 @@ def test_live_rows_then_resume_without_gaps_or_duplicates(client, busy_job):
     assert sorted(rows(rest, "metric")) == sorted(rows(second, "metric"))
     assert sorted(rows(rest, "event")) == sorted(rows(second, "event"))
     assert rest[-1].kind == "end"
+
+
+# The hub itself, against real databases: backlogs in pages, slow clients bounded, the limits.
+
+
+def _fill(db: Database, job_id: str, metrics: int, events: int) -> None:
+    with db.session() as session:
+        rows = [{"job_id": job_id, "name": "train_loss", "step": n, "epoch": 0.0, "value": 1.0} for n in range(metrics)]
+        session.execute(insert(Metric), rows)
+        session.add_all(JobEvent(job_id=job_id, kind="note", message=f"e{n}") for n in range(events))
+
+
+def _hub(db: Database, **limits: int) -> StreamHub:
+    return StreamHub(db, poll_seconds=0.05, heartbeat_seconds=5, **{"max_streams": 100, "max_per_team": 100, **limits})
+
+
+def _job_json(db: Database, job_id: str) -> dict:
+    with db.session() as session:
+        return JobRead.model_validate(session.get(TrainingJob, job_id)).model_dump(mode="json")
+
+
+async def _drain(hub: StreamHub, sub: Subscription) -> list[str]:
+    return [m async for m in hub.messages(sub)]
+
+
+def test_hub_pages_a_backlog_and_bounds_a_slow_client(db: Database):
+    total = MAX_QUEUED + 2 * METRIC_PAGE + 7
+    job_id = insert_job(db, status="succeeded")
+    _fill(db, job_id, total, 3)
+
+    async def scenario() -> tuple[int, list[str], list[str]]:
+        hub = _hub(db)
+        slow = hub.subscribe("t", _job_json(db, job_id), Cursor())
+        for _ in range(10):  # the client reads nothing: the hub stops feeding it once its queue is full
+            await hub.poll_once()
+        most_queued = slow.queue.qsize()
+        everything = await _drain(hub, slow)
+        from_cut = await _drain(hub, hub.subscribe("t", _job_json(db, job_id), Cursor(total - 5, 2)))
+        await hub.close()
+        assert hub.count == 0 and not hub.by_job
+        return most_queued, everything, from_cut
+
+    most_queued, everything, from_cut = asyncio.run(scenario())
+    assert MAX_QUEUED <= most_queued <= MAX_QUEUED + METRIC_PAGE + EVENT_PAGE + 1
+    kinds = [m.split("\n", 1)[0] for m in everything]
+    assert kinds[0] == "event: status" and kinds[-1] == "event: end"
+    assert kinds.count("event: metric") == total and kinds.count("event: event") == 3
+    ids = [m.split("\n")[1] for m in everything if m.startswith(("event: metric", "event: event"))]
+    assert len(set(ids)) == len(ids)
+    assert [m.split("\n", 1)[0] for m in from_cut] == ["event: status"] + ["event: metric"] * 5 + [
+        "event: event",
+        "event: end",
+    ]
+
+
+def test_hub_limits_streams_per_process_and_per_team(db: Database):
+    job_id = insert_job(db, status="running")
+
+    async def scenario() -> None:
+        hub = _hub(db, max_streams=2, max_per_team=1)
+        job = _job_json(db, job_id)
+        first = hub.subscribe("team-1", job, Cursor())
+        with pytest.raises(TooManyRequests) as team_full:
+            hub.subscribe("team-1", job, Cursor())
+        assert team_full.value.status == 429 and team_full.value.headers["Retry-After"]
+        hub.subscribe("team-2", job, Cursor())
+        with pytest.raises(TooManyStreams) as process_full:
+            hub.subscribe("team-3", job, Cursor())
+        assert process_full.value.status == 503 and "FINETUNE_STREAM_MAX_CONNECTIONS" in process_full.value.detail
+        hub.unsubscribe(first)
+        hub.subscribe("team-1", job, Cursor())
+        assert hub.count == 2 and hub.per_team == {"team-1": 1, "team-2": 1}
+        await hub.close()
+
+    asyncio.run(scenario())

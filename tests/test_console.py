@@ -131,7 +131,7 @@ def test_job_page_curves_grow_while_training_then_cancel(page: Page, service, cl
     assert job_id in page.inner_text("#confirm-text")
     page.click("#confirm-yes")
     page.wait_for_selector("#job-head .badge[data-status=cancelled]", timeout=60_000)
-    assert page.get_attribute("#stream-state", "data-state") == "ended"
+    page.wait_for_selector("#stream-state[data-state=ended]")
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
 

@@ -30,6 +30,7 @@ export class LineChart {
     } else {
       pts.push([x, y]);
     }
+    this.el.dataset.points = String(this.count());  // at once, though the drawing waits for the next redraw
     this.schedule();
   }
 

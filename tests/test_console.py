@@ -45,7 +45,8 @@ def shots(service) -> Path:
 
 @pytest.fixture
 def page(browser: Browser, service, key: str) -> Iterator[Page]:
-    """A signed-in tab. Afterwards: the key was in no URL, no cookie, and the page logged no error."""
+    """A signed-in tab. Afterwards: the key was in no URL, no cookie and no line of the API's log, and the page logged
+    no error."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     tab = context.new_page()
     urls: list[str] = []
@@ -65,6 +66,7 @@ def page(browser: Browser, service, key: str) -> Iterator[Page]:
     assert all(key not in url for url in urls), [u for u in urls if key in u]
     assert all(url.startswith(service.url) for url in urls if url.startswith("http")), urls
     assert not cookies
+    assert key not in (service.var_dir / "logs" / "api.log").read_text(errors="replace")
     # A 4xx answer the page expected (a 409 asking for force) is logged by Chromium as a failed resource.
     assert not [e for e in errors if "status of 409" not in e], errors
 

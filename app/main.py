@@ -31,6 +31,7 @@ from app.jobs.router import router as jobs_router
 from app.jobs.stream import StreamHub
 from app.observability.collectors import ServiceCollector
 from app.observability.http import RequestMetrics
+from app.observability.logs import configure_logging
 from app.observability.router import router as metrics_router
 from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
 from app.public_text import ECHO_LIMIT, clip, public_text
@@ -109,6 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API application for `settings` (default: from the environment)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,8 @@ was done; the gauges show the busy worker; no label carries a team's name or any
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 
@@ -137,3 +139,24 @@ def test_metrics_token_when_set(tmp_path: Path):
         assert answer.status_code == 200
         assert "finetune_database_up 1.0" in answer.text
         assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_json_logs_carry_the_request_id(tmp_path: Path, capsys):
+    """FINETUNE_LOG_FORMAT=json: a line logged while answering a request names that request's id. Here the
+    scrape's database cannot be opened, so the collector logs a warning (and the scrape still answers)."""
+    settings = Settings(var_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'missing' / 'm.db'}", log_format="json")
+    try:
+        with TestClient(create_app(settings)) as client:
+            answer = client.get("/metrics", headers={"X-Request-ID": "scrape-42"})
+        assert answer.status_code == 200 and "finetune_database_up 0.0" in answer.text
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        warning = next(line for line in lines if "did not answer the scrape" in line["message"])
+        assert warning["request_id"] == "scrape-42" and warning["level"] == "warning"
+        assert warning["logger"] == "app.observability.collectors"
+    finally:
+        configure_text_logging()
+
+
+def configure_text_logging() -> None:
+    """Undo the JSON handler for the rest of the test session."""
+    logging.getLogger().handlers = []

@@ -16,6 +16,11 @@ Messages (the contract the console and the client rely on):
     event: end      the finished job; the server then closes the stream
 The id is the highest metric id and the highest event id sent so far; a client that resumes with it (the
 `Last-Event-ID` header or `last_event_id` query parameter) gets exactly the rows after both.
+
+Ids as cursors assume a job's rows commit in id order. Metric rows have one writer (the attempt that owns the job,
+one flush at a time), so they do. Events have a few (the worker, the API's cancel, a reaper): on PostgreSQL two of
+them committing within the same instant could commit out of id order, and a stream polling between the two commits
+would pass over the lower id; GET /jobs/{id}/events still lists it. SQLite serialises writers, so there it cannot.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ import time
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.observability.logs import REQUEST_ID
 from app.observability.metrics import observe_request
+from app.request_ids import current_request_id
 
 UNMATCHED = "unmatched"
 
@@ -32,7 +34,8 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestMetrics:
-    """Counts every HTTP request by method, route template and status, and times it (but live streams)."""
+    """Counts every HTTP request by method, route template and status, and times it (but live streams); makes the
+    request id (RequestIdMiddleware's, outside this one) visible to log lines."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -41,6 +44,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        REQUEST_ID.set(current_request_id(scope))  # for JSON log lines (logs.py); the request's own context
         started = time.perf_counter()
         status, streaming = 500, False  # what an exception that escapes the app becomes (RequestIdMiddleware)
 

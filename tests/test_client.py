@@ -27,7 +27,7 @@ from tests.conftest import running_service
 from tests.factories import image_bytes, image_zip, text_csv
 
 # A tiny BERT that learns the sentiment words in a few dozen steps; no early stopping, so every step logs metrics.
-HP = {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "seed": 3, "max_length": 16, "early_stopping": None}
+HP = {"epochs": 10, "batch_size": 8, "learning_rate": 0.003, "seed": 3, "max_length": 16, "early_stopping": None}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def trained(sdk, text_dataset):
         seen.append((progress.job.status, progress.job.step))
 
     job = sdk.jobs.create(text_dataset, "tiny-bert", HP)
-    assert job.status == "queued" and job.hyperparameters["epochs"] == 3
+    assert job.status == "queued" and job.hyperparameters["epochs"] == 10
     done = sdk.jobs.wait(job.id, timeout=240, on_progress=record)
     assert done.status == "succeeded", done.error
     return done, seen

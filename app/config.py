@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         20, ge=1, description="failed authentications per client address and window before 429 (per API process)"
     )
     auth_failure_window_seconds: float = Field(60, gt=0, description="the sliding window of auth_failure_limit")
+    stream_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="how often an API process reads new rows for the jobs its live streams follow"
+    )
+    stream_heartbeat_seconds: float = Field(
+        15, gt=0, le=300, description="a live stream quiet this long gets a heartbeat comment (keeps proxies open)"
+    )
+    stream_max_connections: int = Field(1000, ge=1, description="live streams one API process holds at once (503)")
+    stream_max_per_team: int = Field(100, ge=1, description="live streams one team may hold per API process (429)")
     reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
+from app.jobs.stream import StreamHub
 from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
 from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
@@ -118,7 +119,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=settings.predict_workers,
             threads=settings.predict_threads,
         )
+        app.state.stream_hub = StreamHub(
+            app.state.db,
+            poll_seconds=settings.stream_poll_seconds,
+            heartbeat_seconds=settings.stream_heartbeat_seconds,
+            max_streams=settings.stream_max_connections,
+            max_per_team=settings.stream_max_per_team,
+        )
         yield
+        await app.state.stream_hub.close()
         app.state.model_cache.close()
         app.state.db.dispose()
 

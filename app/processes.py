@@ -32,7 +32,12 @@ def worker_identity(pid: int) -> str:
 
 
 def api_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
+    """The API; on SIGTERM, requests still open after 10 s (live streams never end on their own) are cancelled, and
+    their clients reconnect elsewhere with Last-Event-ID."""
+    return [
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port),
+        "--timeout-graceful-shutdown", "10",
+    ]  # fmt: skip
 
 
 def cli_command(*args: str) -> list[str]:

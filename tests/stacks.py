@@ -113,6 +113,9 @@ def process_env(var_dir: Path, models_dir: Path, stack: Stack) -> dict[str, str]
         "FINETUNE_VAR_DIR": str(var_dir),
         "FINETUNE_MODELS_DIR": str(models_dir),
         "FINETUNE_WORKER_THREADS": "1",
+        # live streams: a heartbeat a test can wait for, and a team limit it can reach (tests/test_stream.py)
+        "FINETUNE_STREAM_HEARTBEAT_SECONDS": "1",
+        "FINETUNE_STREAM_MAX_PER_TEAM": "6",
     }
     return service_env({**settings, **stack.env})
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import StreamingResponse
 
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SendJob, SessionDep, SettingsDep, StoreDep
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
 from app.jobs import lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
+from app.jobs.stream import CURSOR_PATTERN, Cursor, StreamHub, event_stream
 from app.jobs.tables import JobStatus, TrainingJob
 from app.pagination import ROW_CURSOR, Page, PageParams, Paging, paging
 from app.quotas.service import check_can_submit
@@ -23,6 +25,14 @@ def valid_job(job_id: ResourceId, team: CurrentTeam, session: SessionDep) -> Tra
 
 
 ValidJob = Annotated[TrainingJob, Depends(valid_job)]
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", pattern=CURSOR_PATTERN, description="resume after this id (a reconnecting client)"),
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, max_length=40, description="the same as the Last-Event-ID header (the header wins)"),
+]
 MetricPaging = Annotated[PageParams, paging(1000, 10000, ROW_CURSOR)]
 EventPaging = Annotated[PageParams, paging(100, 1000, ROW_CURSOR)]
 
@@ -100,3 +110,23 @@ def read_events(job: ValidJob, session: SessionDep, page: EventPaging) -> Page:
 @router.get("/{job_id}/report")
 def read_report(job: ValidJob) -> dict[str, Any]:
     return service.get_report(job)
+
+
+@router.get(
+    "/{job_id}/stream",
+    response_class=StreamingResponse,
+    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
+)
+async def stream_job(
+    job: ValidJob,
+    request: Request,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+) -> StreamingResponse:
+    """The job live, as Server-Sent Events: `status` (the job, first and on every change), `metric` and `event` rows
+    as they are written (id `<metric_id>-<event_id>`), a `: heartbeat` comment when quiet, `end` when it finishes.
+    Reconnect with `Last-Event-ID` to get exactly what was missed. See app/jobs/stream.py."""
+    hub: StreamHub = request.app.state.stream_hub
+    cursor = Cursor.parse(last_event_id_header or last_event_id)
+    sub = hub.subscribe(job.team_id, JobRead.model_validate(job).model_dump(mode="json"), cursor)
+    return event_stream(hub, sub)

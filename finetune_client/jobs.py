@@ -88,7 +88,7 @@ class Jobs(Resource):
         `event` rows as they are written, and `end` (the finished Job), after which the iteration stops. A dropped
         connection is resumed from the last message's id (Last-Event-ID): nothing is lost or repeated. With
         `heartbeats`, the server's keep-alive comments come as messages of event "heartbeat" too."""
-        return self._stream(job_id, last_event_id, heartbeats, deadline=None)
+        return self._stream(job_id, last_event_id, heartbeats, deadline=None, retry_refusals=True)
 
     def wait(
         self,
@@ -102,8 +102,8 @@ class Jobs(Resource):
 
         `on_progress(progress)` is called on each status change, metric row and event (a Progress: the job, the
         newest row of each metric, the newest event). Follows the stream; where the service has none (404 for the
-        route) or refuses one more (429, 503), polls GET /jobs/{id} every `poll_interval` seconds. Raises
-        WaitTimeout after `timeout` seconds."""
+        route) or refuses one more (429, 503), polls GET /jobs/{id} (and the new metric rows) every `poll_interval`
+        seconds instead. Raises WaitTimeout after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         progress = Progress(job=self.get(job_id))
         if progress.job.finished:
@@ -122,7 +122,7 @@ class Jobs(Resource):
     def _follow_stream(
         self, progress: Progress, deadline: float | None, on_progress: Callable[[Progress], None] | None
     ) -> Job:
-        for message in self._stream(progress.job.id, None, True, deadline):
+        for message in self._stream(progress.job.id, None, True, deadline, retry_refusals=False):
             if isinstance(message.data, Job):
                 progress.job = message.data
             elif isinstance(message.data, Metric):
@@ -159,10 +159,16 @@ class Jobs(Resource):
             time.sleep(interval)
 
     def _stream(
-        self, job_id: str, last_event_id: str | None, heartbeats: bool, deadline: float | None
+        self,
+        job_id: str,
+        last_event_id: str | None,
+        heartbeats: bool,
+        deadline: float | None,
+        retry_refusals: bool,
     ) -> Iterator[StreamMessage]:
         """The stream, reconnected with Last-Event-ID when the connection drops or closes before `end` (at most
-        max_retries times in a row without a message); stops quietly when `deadline` passes."""
+        max_retries times in a row without a message); stops quietly when `deadline` passes. Without
+        `retry_refusals`, a 429 or 503 (too many streams) is raised at once."""
         transport, failures = self._transport, 0
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -175,7 +181,7 @@ class Jobs(Resource):
             build = partial(
                 transport.http.build_request, "GET", f"/jobs/{job_id}/stream", headers=headers, timeout=timeout
             )
-            response = transport.send(build, idempotent=True, stream=True)
+            response = transport.send(build, idempotent=True, stream=True, retry_refusals=retry_refusals)
             try:
                 for raw in sse.parse(response.iter_lines()):
                     if raw.comment is not None:

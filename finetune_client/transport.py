@@ -39,9 +39,17 @@ class Transport:
     def close(self) -> None:
         self.http.close()
 
-    def send(self, build: Callable[[], httpx.Request], *, idempotent: bool, stream: bool = False) -> httpx.Response:
+    def send(
+        self,
+        build: Callable[[], httpx.Request],
+        *,
+        idempotent: bool,
+        stream: bool = False,
+        retry_refusals: bool = True,
+    ) -> httpx.Response:
         """Send the request `build()` makes (called again for each attempt, so a file is reopened) and return the
-        successful response; an error answer is raised as its ApiError, with its body read."""
+        successful response; an error answer is raised as its ApiError, with its body read. Without
+        `retry_refusals`, a 429 or 503 is raised at once (for a caller with another way to go)."""
         attempt = 0
         while True:
             request = build()
@@ -58,7 +66,7 @@ class Transport:
             else:
                 if response.is_success:
                     return response
-                wait = self._retry_delay(response, attempt)
+                wait = self._retry_delay(response, attempt) if retry_refusals else None
                 if wait is None:
                     response.read()
                     response.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +24,9 @@ from finetune_client import (
     RateLimited,
     ServiceUnreachable,
     Unauthorized,
+    WaitTimeout,
 )
-from finetune_client.types import Progress
+from finetune_client.types import Event, Job, Metric, Progress, StreamMessage
 from tests.conftest import running_service
 from tests.factories import image_bytes, image_zip, text_csv
 
@@ -39,10 +43,11 @@ def sdk(service, key):
 @pytest.fixture(scope="module")
 def trained(sdk, text_dataset):
     """A succeeded text job, waited for through the client, with what its progress callback saw."""
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, int, int]] = []
 
     def record(progress: Progress) -> None:
-        seen.append((progress.job.status, progress.job.step))
+        loss = progress.metrics.get("train_loss")
+        seen.append((progress.job.status, progress.job.step, len(progress.metrics), loss.step if loss else 0))
 
     job = sdk.jobs.create(text_dataset, "tiny-bert", HP)
     assert job.status == "queued" and job.hyperparameters["epochs"] == 10
@@ -107,12 +112,100 @@ def test_datasets_upload_list_get_delete(sdk, tmp_path):
     sdk.datasets.delete(from_path.id)
 
 
-def test_wait_reports_progress_and_returns_the_finished_job(trained):
+def test_wait_follows_the_stream_and_returns_the_finished_job(trained):
     job, seen = trained
-    assert seen[-1] == ("succeeded", job.step)
-    steps = [step for _, step in seen]
+    assert seen[-1][:2] == ("succeeded", job.step)
+    steps = [step for _, step, _, _ in seen]
     assert steps == sorted(steps) and job.step == job.total_steps > 0
+    loss_steps = [step for *_, step in seen]
+    assert loss_steps == sorted(loss_steps) and set(range(1, job.step + 1)) <= set(loss_steps)  # every step, live
+    assert seen[-1][2] == 6  # the newest train_loss, learning_rate, samples_per_s, val_loss, val_accuracy, val_macro_f1
     assert job.model_id and job.finished_at is not None
+
+
+def rows(messages: list[StreamMessage]) -> list[tuple]:
+    """The metric and event rows of a stream, comparable across connections (status messages repeat on each)."""
+    out = []
+    for m in messages:
+        if isinstance(m.data, Metric):
+            out.append(("metric", m.data.name, m.data.step, m.data.value))
+        elif isinstance(m.data, Event):
+            out.append(("event", m.data.id))
+    return out
+
+
+def test_the_stream_of_a_finished_job_is_its_backlog_then_end(sdk, trained):
+    job, _ = trained
+    messages = list(sdk.jobs.stream(job.id))
+    assert messages[0].event == "status" and isinstance(messages[0].data, Job)
+    assert messages[-1].event == "end" and messages[-1].data.status == "succeeded"
+    metrics = [("metric", m.name, m.step, m.value) for m in sdk.jobs.metrics(job.id)]
+    events = [("event", e.id) for e in sdk.jobs.events(job.id)]
+    assert sorted(rows(messages), key=str) == sorted(metrics + events, key=str)  # each row once
+    # Resuming from a message's id gives exactly the rows after it.
+    middle = len(messages) // 2
+    resumed = list(sdk.jobs.stream(job.id, last_event_id=messages[middle].id))
+    assert rows(resumed) == rows(messages[middle + 1 :]) and resumed[-1].event == "end"
+
+
+class CuttingProxy:
+    """A TCP proxy to the service that cuts its first connection after `cut_after` bytes of the answer (a dropped
+    connection mid-stream); later connections pass whole."""
+
+    def __init__(self, target: str, cut_after: int) -> None:
+        self.target = httpx.URL(target)
+        self.cut_after = cut_after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.target.host, self.target.port))
+            limit = self.cut_after if self.connections == 0 else None
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(downstream, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, limit), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while chunk := source.recv(4096):
+                if limit is not None and sent + len(chunk) > limit:
+                    sink.sendall(chunk[: limit - sent])
+                    break
+                sink.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_stream_resumes_from_its_last_event_id(sdk, key, trained, caplog):
+    job, _ = trained
+    whole = list(sdk.jobs.stream(job.id))
+    proxy = CuttingProxy(sdk.url, cut_after=6000)  # the backlog is several times larger
+    try:
+        with Client(proxy.url, key) as through_proxy, caplog.at_level(logging.WARNING):
+            cut = list(through_proxy.jobs.stream(job.id))
+    finally:
+        proxy.close()
+    assert proxy.connections == 2
+    assert any("resuming after" in r.getMessage() for r in caplog.records)
+    assert rows(cut) == rows(whole)  # nothing lost, nothing twice
+    assert [m.event for m in cut].count("end") == 1
 
 
 def test_metrics_and_events_iterate_every_page(sdk, client, trained):
@@ -242,16 +335,21 @@ def test_connection_failures_are_retried_then_raised(caplog):
 
 
 @pytest.fixture(scope="module")
-def throttling_api(tmp_path_factory, models_dir: Path, stack):
-    """An API alone (no worker) that throttles an address after 2 failed keys within 2 s."""
-    settings = {"FINETUNE_AUTH_FAILURE_LIMIT": "2", "FINETUNE_AUTH_FAILURE_WINDOW_SECONDS": "2"}
-    with running_service(tmp_path_factory.mktemp("var-throttle"), models_dir, stack, 0, settings) as running:
+def tight_api(tmp_path_factory, models_dir: Path, stack):
+    """An API alone (no worker, so its jobs stay queued) that throttles an address after 2 failed keys within 2 s
+    and holds one live stream per team."""
+    settings = {
+        "FINETUNE_AUTH_FAILURE_LIMIT": "2",
+        "FINETUNE_AUTH_FAILURE_WINDOW_SECONDS": "2",
+        "FINETUNE_STREAM_MAX_PER_TEAM": "1",
+    }
+    with running_service(tmp_path_factory.mktemp("var-tight"), models_dir, stack, 0, settings) as running:
         yield running
 
 
-def test_429_is_retried_after_its_retry_after(throttling_api, caplog):
-    url = throttling_api.url
-    newcomer = throttling_api.new_key("team-throttle")  # made first: the window is short
+def test_429_is_retried_after_its_retry_after(tight_api, caplog):
+    url = tight_api.url
+    newcomer = tight_api.new_key("team-throttle")  # made first: the window is short
     with Client(url, "ftk_" + "w" * 40, max_retries=0) as wrong:
         for _ in range(2):
             with pytest.raises(Unauthorized):
@@ -268,3 +366,22 @@ def test_429_is_retried_after_its_retry_after(throttling_api, caplog):
         assert client.usage().team == "team-throttle"
         assert time.monotonic() - started >= 0.5
     assert any("answered 429; retry 1" in r.getMessage() for r in caplog.records)
+
+
+def test_wait_polls_when_the_stream_is_refused(tight_api, caplog):
+    with Client(tight_api.url, tight_api.new_key("team-one-stream"), max_retry_wait=5) as client:
+        dataset = client.datasets.upload(text_csv(), "text_classification", filename="r.csv")
+        job = client.jobs.create(dataset.id, "tiny-bert", HP)  # no worker: it stays queued
+        held = client.jobs.stream(job.id)
+        assert next(held).event == "status"  # the team's one stream
+        with pytest.raises(RateLimited, match="stream"):
+            next(client.jobs.stream(job.id))  # a second one: 429 (Retry-After 10 s exceeds max_retry_wait 5)
+        with caplog.at_level(logging.INFO), pytest.raises(WaitTimeout) as timed_out:
+            client.jobs.wait(job.id, timeout=1.5, poll_interval=0.5)
+        assert timed_out.value.job.status == "queued"
+        assert any("polling" in r.getMessage() for r in caplog.records)
+        threading.Timer(1.0, client.jobs.cancel, [job.id]).start()
+        seen: list[str] = []
+        done = client.jobs.wait(job.id, timeout=60, poll_interval=0.5, on_progress=lambda p: seen.append(p.job.status))
+        assert done.status == "cancelled" and seen[0] == "queued" and seen[-1] == "cancelled"
+        held.close()

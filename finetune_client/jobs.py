@@ -107,6 +107,8 @@ class Jobs(Resource):
         deadline = None if timeout is None else time.monotonic() + timeout
         progress = Progress(job=self.get(job_id))
         if progress.job.finished:
+            for metric in self.metrics(job_id, after_step=max(progress.job.step - 1, -1)):
+                progress.metrics[metric.name] = metric  # the last step's, for the callback to show
             if on_progress:
                 on_progress(progress)
             return progress.job

@@ -133,7 +133,7 @@ class Jobs(Resource):
                 progress.last_event = message.data
             if on_progress and message.event != "heartbeat":
                 on_progress(progress)
-            if message.event == "end" or progress.job.finished:
+            if message.event == "end":  # after the last rows; a finished status may come before some of them
                 return progress.job
             if deadline is not None and time.monotonic() >= deadline:
                 break

@@ -29,6 +29,7 @@ from finetune_client import (
 from finetune_client.types import Event, Job, Metric, Progress, StreamMessage
 from tests.conftest import running_service
 from tests.factories import image_bytes, image_zip, text_csv
+from tests.stacks import private_stack
 
 # A tiny BERT that learns the sentiment words in a few dozen steps; no early stopping, so every step logs metrics.
 HP = {"epochs": 10, "batch_size": 8, "learning_rate": 0.003, "seed": 3, "max_length": 16, "early_stopping": None}
@@ -335,15 +336,18 @@ def test_connection_failures_are_retried_then_raised(caplog):
 
 
 @pytest.fixture(scope="module")
-def tight_api(tmp_path_factory, models_dir: Path, stack):
-    """An API alone (no worker, so its jobs stay queued) that throttles an address after 2 failed keys within 2 s
-    and holds one live stream per team."""
+def tight_api(tmp_path_factory, models_dir: Path):
+    """An API alone on a stack of its own (no worker takes its jobs: they stay queued) that throttles an address
+    after 2 failed keys within 2 s and holds one live stream per team."""
     settings = {
         "FINETUNE_AUTH_FAILURE_LIMIT": "2",
         "FINETUNE_AUTH_FAILURE_WINDOW_SECONDS": "2",
         "FINETUNE_STREAM_MAX_PER_TEAM": "1",
     }
-    with running_service(tmp_path_factory.mktemp("var-tight"), models_dir, stack, 0, settings) as running:
+    with (
+        private_stack(redis_db=7) as stack,
+        running_service(tmp_path_factory.mktemp("var-tight"), models_dir, stack, 0, settings) as running,
+    ):
         yield running
 
 

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     )
     stream_max_connections: int = Field(1000, ge=1, description="live streams one API process holds at once (503)")
     stream_max_per_team: int = Field(100, ge=1, description="live streams one team may hold per API process (429)")
+    log_format: Literal["text", "json"] = Field(
+        "text", description='"json": one JSON object per log line, with the request id (API and uvicorn logs)'
+    )
+    metrics_token: str | None = Field(
+        None, description="if set, GET /metrics asks for it as a bearer token; unset, /metrics is open (no team data)"
+    )
     reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
 
     @model_validator(mode="after")

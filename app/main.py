@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -27,6 +28,10 @@ from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.jobs.router import router as jobs_router
 from app.jobs.stream import StreamHub
+from app.observability.collectors import ServiceCollector
+from app.observability.http import RequestMetrics
+from app.observability.logs import configure_logging
+from app.observability.router import router as metrics_router
 from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
 from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
@@ -104,6 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API application for `settings` (default: from the environment)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_streams=settings.stream_max_connections,
             max_per_team=settings.stream_max_per_team,
         )
+        app.state.metrics_registry = CollectorRegistry(auto_describe=False)
+        app.state.metrics_registry.register(ServiceCollector(app.state.db, app.state.stream_hub))
         yield
         await app.state.stream_hub.close()
         app.state.model_cache.close()
@@ -141,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
-    for router in (datasets_router, jobs_router, models_router, predict_router, usage_router):
+    for router in (datasets_router, jobs_router, models_router, predict_router, usage_router, metrics_router):
         app.include_router(router)
     document_problems(app)
 
@@ -158,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(503, "Not ready", f"database: {exc.__class__.__name__}")
         return JSONResponse({"status": "ready"})
 
+    app.add_middleware(RequestMetrics)  # inside the request ids: a request answered 500 there is counted as 500
     # Added last, so it is the outermost of the app's middleware: an error raised in any other one is answered too.
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,10 +14,11 @@ if [ "${BENCH_QUICK:-0}" = "1" ]; then
   THROUGHPUT_ARGS="--rounds 1 --warmup 1 --steps 3 --no-memory"
   ACCURACY_ARGS="--hp {\"max_steps\":5}"
   METRICS_ARGS="--requests 20"
+  STREAMS_ARGS="--levels 0,100 --healthz 20"
   PREDICT_ARGS="--duration 3 --warmup 1"
   SMALL_DATA_ARGS="--text-sizes 100 --image-per-class 10 --methods defaults"
 else
-  THROUGHPUT_ARGS="" ACCURACY_ARGS="" METRICS_ARGS="" PREDICT_ARGS="" SMALL_DATA_ARGS=""
+  THROUGHPUT_ARGS="" ACCURACY_ARGS="" METRICS_ARGS="" PREDICT_ARGS="" SMALL_DATA_ARGS="" STREAMS_ARGS=""
 fi
 
 "$PY" -c "import accelerate, psutil" 2>/dev/null || echo "note: train_throughput needs 'pip install accelerate psutil'" >&2
@@ -37,6 +38,8 @@ run() {  # run NAME ARGS...: stdout (JSON lines + table) to OUT/NAME.txt, stderr
 
 uptime > "$OUT/load.txt"
 run metrics_api bench/metrics_api.py $METRICS_ARGS
+# shellcheck disable=SC2086
+run streams bench/streams.py $STREAMS_ARGS
 # shellcheck disable=SC2086
 run train_throughput bench/train_throughput.py $THROUGHPUT_ARGS
 # shellcheck disable=SC2086

@@ -15,10 +15,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from app.observability.metrics import observe_predict_batch
 
 # Encoded inputs are token id lists (text) or an N x 3 x H x W uint8 tensor (images): both slice with [a:b].
 Encoded = Any
@@ -41,6 +43,7 @@ class _Pending:
     top_k: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class PreparingCounter:
@@ -165,6 +168,8 @@ class Batcher:
 
     def _execute(self, batch: list[_Pending]) -> None:
         total = sum(p.size for p in batch)
+        started = time.monotonic()
+        observe_predict_batch(total, (started - p.queued_at for p in batch))
         try:
             merged = concat([p.encoded for p in batch])
             # A single request larger than max_batch runs in max_batch chunks, bounding activation memory.

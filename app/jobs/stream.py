@@ -16,11 +16,17 @@ Messages (the contract the console and the client rely on):
     event: end      the finished job; the server then closes the stream
 The id is the highest metric id and the highest event id sent so far; a client that resumes with it (the
 `Last-Event-ID` header or `last_event_id` query parameter) gets exactly the rows after both.
+
+Ids as cursors assume a job's rows commit in id order. Metric rows have one writer (the attempt that owns the job,
+one flush at a time), so they do. Events have a few (the worker, the API's cancel, a reaper): on PostgreSQL two of
+them committing within the same instant could commit out of id order, and a stream polling between the two commits
+would pass over the lower id; GET /jobs/{id}/events still lists it. SQLite serialises writers, so there it cannot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import time
@@ -75,10 +81,14 @@ class Cursor:
         return f"{self.metric_id}-{self.event_id}"
 
 
-def sse(kind: str, data: Any, cursor: Cursor | None = None) -> str:
-    """One SSE message (a JSON body on one `data:` line)."""
+def to_json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def sse(kind: str, data: str, cursor: Cursor | None = None) -> str:
+    """One SSE message: `data` is JSON text (one line), encoded once however many streams it goes to."""
     head = f"event: {kind}\n" + (f"id: {cursor}\n" if cursor is not None else "")
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"{head}data: {data}\n\n"
 
 
 HEARTBEAT = ": heartbeat\n\n"
@@ -92,21 +102,33 @@ class Subscription:
     team_id: str
     job_id: str
     cursor: Cursor
-    job: dict[str, Any]  # the job as last sent
+    job: str  # the job as last sent (JSON)
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     created: float = field(default_factory=time.monotonic)
     started: bool = False
     ended: bool = False
 
 
+@dataclass(frozen=True)
+class Row:
+    kind: str  # metric or event
+    id: int
+    data: str  # as an item of GET /jobs/{id}/metrics or /events (JSON)
+
+
 @dataclass
 class Rows:
-    """What one poll read for one job: the job (None if deleted) and its rows after the lowest cursor."""
+    """What one poll read for one job: the job (None if it was deleted) and its rows after the lowest cursor."""
 
-    job: dict[str, Any] | None
-    metrics: list[tuple[int, dict[str, Any]]]
-    events: list[tuple[int, dict[str, Any]]]
+    job: str | None  # JSON
+    finished: bool
+    rows: list[Row]  # metrics and events together, in the order they were written
     drained: bool  # fewer rows than a page in both tables: nothing more was written up to this read
+
+
+def job_view(job: TrainingJob) -> dict[str, Any]:
+    """The job as GET /jobs/{id} returns it."""
+    return JobRead.model_validate(job).model_dump(mode="json")
 
 
 def read_rows(session: Session, wanted: dict[str, Cursor]) -> dict[str, Rows]:
@@ -116,7 +138,6 @@ def read_rows(session: Session, wanted: dict[str, Cursor]) -> dict[str, Rows]:
     out: dict[str, Rows] = {}
     for job_id, cursor in wanted.items():
         job = jobs.get(job_id)
-        job_json = JobRead.model_validate(job).model_dump(mode="json") if job is not None else None
         metrics = session.scalars(
             select(Metric)
             .where(Metric.job_id == job_id, Metric.id > cursor.metric_id)
@@ -129,10 +150,16 @@ def read_rows(session: Session, wanted: dict[str, Cursor]) -> dict[str, Rows]:
             .order_by(JobEvent.id)
             .limit(EVENT_PAGE)
         ).all()
+        # Interleaved by time, each table kept in id order (clocks of API and workers may disagree a little).
+        timed = heapq.merge(
+            [(m.at, Row("metric", m.id, MetricRead.model_validate(m).model_dump_json())) for m in metrics],
+            [(e.at, Row("event", e.id, EventRead.model_validate(e).model_dump_json())) for e in events],
+            key=lambda pair: pair[0],
+        )
         out[job_id] = Rows(
-            job=job_json,
-            metrics=[(m.id, MetricRead.model_validate(m).model_dump(mode="json")) for m in metrics],
-            events=[(e.id, EventRead.model_validate(e).model_dump(mode="json")) for e in events],
+            job=to_json(job_view(job)) if job is not None else None,
+            finished=job is None or job.status in FINISHED,
+            rows=[row for _, row in timed],
             drained=len(metrics) < METRIC_PAGE and len(events) < EVENT_PAGE,
         )
     return out
@@ -177,8 +204,8 @@ class StreamHub:
                 "then retry.",
                 retry_after=RETRY_AFTER_S,
             )
-        sub = Subscription(team_id=team_id, job_id=job["id"], cursor=cursor, job=job)
-        sub.queue.put_nowait(sse("status", job))
+        sub = Subscription(team_id=team_id, job_id=job["id"], cursor=cursor, job=to_json(job))
+        sub.queue.put_nowait(sse("status", sub.job))
         self.by_job.setdefault(sub.job_id, set()).add(sub)
         self.per_team[team_id] = self.per_team.get(team_id, 0) + 1
         self.count += 1
@@ -277,17 +304,15 @@ class StreamHub:
         if found.job is not None and found.job != sub.job:
             sub.job = found.job
             sub.queue.put_nowait(sse("status", found.job))
-        rows = [("metric", i, r) for i, r in found.metrics if i > sub.cursor.metric_id]
-        rows += [("event", i, r) for i, r in found.events if i > sub.cursor.event_id]
-        rows.sort(key=lambda row: row[2]["at"])
-        for kind, row_id, row in rows:
-            if kind == "metric":
-                sub.cursor = Cursor(max(sub.cursor.metric_id, row_id), sub.cursor.event_id)
+        for row in found.rows:
+            if row.kind == "metric" and row.id > sub.cursor.metric_id:
+                sub.cursor = Cursor(row.id, sub.cursor.event_id)
+            elif row.kind == "event" and row.id > sub.cursor.event_id:
+                sub.cursor = Cursor(sub.cursor.metric_id, row.id)
             else:
-                sub.cursor = Cursor(sub.cursor.metric_id, max(sub.cursor.event_id, row_id))
-            sub.queue.put_nowait(sse(kind, row, sub.cursor))
-        finished = found.job is None or found.job["status"] in FINISHED
-        if finished and found.drained:
+                continue  # it had this one (it resumed, or joined, further on)
+            sub.queue.put_nowait(sse(row.kind, row.data, sub.cursor))
+        if found.finished and found.drained:
             sub.ended = True
             sub.queue.put_nowait(sse("end", found.job or sub.job))
 

@@ -12,7 +12,8 @@ It:
     FINETUNE_VAR_DIR, default ./var) and waits for GET /readyz;
  4. creates an API key for team `demo` (`python -m app.cli keys create --team demo`);
  5. uploads both datasets (POST /datasets);
- 6. submits two fine-tuning jobs (POST /jobs): EfficientNet-Lite0 on the digits, MiniLM on the reviews;
+ 6. submits two fine-tuning jobs (POST /jobs): EfficientNet-Lite0 on the digits, MiniLM on the reviews, and prints
+    the console page of each (/ui/jobs/<id>, where the curves update live);
  7. shows their progress (GET /jobs/{id}) until both finish (the one worker runs them one after the other);
  8. prints each model's classification report on its test split (GET /jobs/{id}/report);
  9. points the alias `production` at the review model (PUT /aliases/production) and asks it for predictions
@@ -164,6 +165,7 @@ def submit(client: Client, key: str, title: str, dataset_id: str, base_model: st
     view = client.jobs.create(dataset_id, base_model, hp)
     shown = ", ".join(f"{k}={v}" for k, v in hp.items())
     log(f"  {title}: job {view.id} ({shown})")
+    log(f"    live in the console: {client.url}/ui/jobs/{view.id}")
     return Job(key, title, view)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -25,7 +27,9 @@ from finetune_client import (
     ServiceUnreachable,
     Unauthorized,
     WaitTimeout,
+    sse,
 )
+from finetune_client.errors import retry_after_seconds
 from finetune_client.types import Event, Job, Metric, Progress, StreamMessage
 from tests.conftest import running_service
 from tests.factories import image_bytes, image_zip, text_csv
@@ -389,3 +393,23 @@ def test_wait_polls_when_the_stream_is_refused(tight_api, caplog):
         done = client.jobs.wait(job.id, timeout=60, poll_interval=0.5, on_progress=lambda p: seen.append(p.job.status))
         assert done.status == "cancelled" and seen[0] == "queued" and seen[-1] == "cancelled"
         held.close()
+
+
+def test_event_stream_parsing_follows_the_standard():
+    lines = [": heartbeat", "event: metric", "id: 5-2", 'data: {"a":', "data: 1}", "retry: 100", "", "data: x", ""]
+    parsed = list(sse.parse(lines))
+    assert parsed[0].comment == "heartbeat"
+    assert (parsed[1].event, parsed[1].data, parsed[1].id) == ("metric", '{"a":\n1}', "5-2")  # data lines joined
+    assert (parsed[2].event, parsed[2].data, parsed[2].id) == ("message", "x", "5-2")  # the last id stays
+    assert list(sse.parse(["event: status", ""])) == []  # no data: nothing dispatched
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date():
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert retry_after_seconds(answer("7")) == 7.0
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (retry_after_seconds(answer(later)) or 0) <= 30
+    assert retry_after_seconds(answer("soon")) is None
+    assert retry_after_seconds(httpx.Response(503)) is None

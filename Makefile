@@ -57,8 +57,8 @@ bench: $(VENV)/.demo-data
 run: install
 	$(PY) -m app.cli up
 
-# Lint and format every Python folder; type-check the service (app, worker) with mypy (settings in pyproject).
-LINTED := app worker tests migrations bench demo
+# Lint and format every Python folder; type-check the service (app, worker) and the client with mypy (settings in pyproject).
+LINTED := app worker finetune_client tests migrations bench demo
 lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

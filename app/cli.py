@@ -1,4 +1,5 @@
-"""The `finetune` command: keys, migrations, and starting the API and workers."""
+"""The `finetune` command: keys, migrations, and starting the API and workers; the commands that speak the REST API
+(datasets, jobs, models, aliases, predict, configure) live in finetune_client/cli.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from app.config import get_settings
 from app.processes import api_command, worker_command
 from app.teams.scopes import parse_scopes
 from app.teams.tables import DEFAULT_SCOPES
+from finetune_client.cli import register as register_client_commands
 
 cli = typer.Typer(help="Self-hosted fine-tuning service.", no_args_is_help=True, add_completion=False)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -201,6 +203,9 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     )
     typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")
     raise typer.Exit(supervisor.run())
+
+
+register_client_commands(cli)  # datasets, jobs, models, aliases, predict, configure: over the REST API
 
 
 def main() -> None:

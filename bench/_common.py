@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 from app import processes  # noqa: E402
 from app.processes import free_port, wait_ready  # noqa: E402,F401  (the bench scripts' helpers, re-exported)
+from finetune_client import Client, Job  # noqa: E402
 
 for _name, _value in processes.OFFLINE.items():
     os.environ.setdefault(_name, _value)
@@ -246,7 +247,7 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
     return "\n".join(lines)
 
 
-# --- running the service as users do (metrics_api.py, predict.py) ---------------------------------------------------
+# --- running the service as users do (metrics_api.py, predict.py, hostile_memory.py), through finetune_client ------
 
 
 def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
@@ -259,14 +260,10 @@ def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
     return processes.service_env({**settings, "PYTHONPATH": str(ROOT)})
 
 
-def wait_for_job(client, job_id: str, timeout: float) -> dict:  # an httpx.Client
-    """The job once it succeeded; raises if it ended otherwise or ran past `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["status"] in {"succeeded", "failed", "cancelled"}:
-            if body["status"] != "succeeded":
-                raise RuntimeError(f"the bench job ended {body['status']}: {body.get('error')}")
-            return body
-        time.sleep(0.3)
-    raise TimeoutError(f"the bench job did not finish in {timeout:.0f} s")
+def wait_for_job(client: Client, job_id: str, timeout: float) -> Job:
+    """The job once it succeeded (followed live through the client); raises if it ended otherwise or ran past
+    `timeout` seconds."""
+    job = client.jobs.wait(job_id, timeout=timeout)
+    if job.status != "succeeded":
+        raise RuntimeError(f"the bench job ended {job.status}: {job.error}")
+    return job

@@ -152,19 +152,12 @@ def dataset_csv() -> bytes:
 
 def train_tiny_job(url: str, key: str) -> str:
     """Upload a small dataset and fine-tune MiniLM-L6 for one step; returns the registered model id."""
-    import httpx
-
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        dataset = client.post(
-            "/datasets",
-            files={"file": ("bench.csv", dataset_csv(), "text/csv")},
-            data={"task": "text_classification", "name": "bench"},
-        )
-        dataset.raise_for_status()
-        spec = {"dataset_id": dataset.json()["id"], "base_model": BASE_MODEL}
-        job = client.post("/jobs", json={**spec, "hyperparameters": {"max_steps": 1, "max_length": 64}})
-        job.raise_for_status()
-        return C.wait_for_job(client, job.json()["id"], timeout=600)["model_id"]
+    with C.Client(url, key) as client:
+        dataset = client.datasets.upload(dataset_csv(), "text_classification", filename="bench.csv", name="bench")
+        job = client.jobs.create(dataset.id, BASE_MODEL, {"max_steps": 1, "max_length": 64})
+        model_id = C.wait_for_job(client, job.id, timeout=600).model_id
+    assert model_id is not None
+    return model_id
 
 
 def sentences(model_dir: Path) -> list[str]:
@@ -366,18 +359,13 @@ def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str
     """Both endpoints give the same top label and score for each sentence (the same model, so they must)."""
     import httpx
 
-    for text in texts[:3]:
-        ours = httpx.post(
-            f"{service_url}/predict",
-            json={"model": model_id, "texts": [text], "top_k": 2},
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        ours.raise_for_status()
-        theirs = httpx.post(f"{naive_url}/predict", json={"texts": [text], "top_k": 2}, timeout=60).json()
-        for a, b in zip(ours.json()["predictions"][0], theirs["predictions"][0], strict=True):
-            if a["label"] != b["label"] or abs(a["score"] - b["score"]) > 1e-4:
-                raise RuntimeError(f"service and naive answers differ for {text!r}: {ours.json()} vs {theirs}")
+    with C.Client(service_url, key) as client:
+        for text in texts[:3]:
+            ours = client.predict([text], model=model_id, top_k=2).predictions[0]
+            theirs = httpx.post(f"{naive_url}/predict", json={"texts": [text], "top_k": 2}, timeout=60).json()
+            for a, b in zip(ours, theirs["predictions"][0], strict=True):
+                if a.label != b["label"] or abs(a.score - b["score"]) > 1e-4:
+                    raise RuntimeError(f"service and naive answers differ for {text!r}: {ours} vs {theirs}")
 
 
 def table(rows: list[dict]) -> str:

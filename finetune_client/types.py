@@ -1,0 +1,183 @@
+"""What the service answers, as pydantic models that mirror its JSON. Fields the service adds later are kept
+(`extra="allow"`: `model.model_extra`), never an error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class Dataset(ApiModel):
+    id: str
+    name: str
+    task: str
+    filename: str = ""
+    labels: list[str] = []
+    counts: dict[str, dict[str, int]] = {}  # split -> label -> examples
+    warnings: list[str] = []
+    num_examples: int = 0
+    size_bytes: int = 0
+    splits_given: bool = False
+    created_at: datetime | None = None
+
+
+class Job(ApiModel):
+    id: str
+    dataset_id: str | None = None
+    task: str = ""
+    base_model: str = ""
+    hyperparameters: dict[str, Any] = {}
+    status: str
+    progress: float = 0.0
+    epoch: int = 0
+    step: int = 0
+    total_steps: int | None = None
+    best_metric_name: str | None = None
+    best_metric: float | None = None
+    error: str | None = None
+    attempt: int = 0
+    model_id: str | None = None
+    below_baseline: bool = False
+    cancel_requested: bool = False
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, failed or cancelled: nothing will change any more."""
+        return self.status in TERMINAL_STATUSES
+
+
+class Metric(ApiModel):
+    name: str
+    step: int
+    epoch: float
+    value: float
+    at: datetime | None = None
+
+
+class Event(ApiModel):
+    id: int
+    kind: str
+    message: str
+    attempt: int = 0
+    at: datetime | None = None
+
+
+class Checkpoint(ApiModel):
+    id: str
+    step: int
+    epoch: int
+    kind: str
+    storage_key: str = ""
+    metric_name: str | None = None
+    metric_value: float | None = None
+    is_best: bool = False
+    created_at: datetime | None = None
+
+
+class ClassScores(ApiModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ConfusionMatrix(ApiModel):
+    labels: list[str]
+    matrix: list[list[int]]  # rows: true label, columns: predicted label
+
+
+class Report(ApiModel):
+    """The evaluation of the best checkpoint on the test split, with the baselines on the same splits."""
+
+    split: str = "test"
+    num_examples: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    per_class: dict[str, ClassScores] = {}
+    macro_avg: ClassScores | None = None
+    weighted_avg: ClassScores | None = None
+    confusion_matrix: ConfusionMatrix | None = None
+    best_step: int | None = None
+    steps_trained: int | None = None
+    strategy: str | None = None
+    baselines: dict[str, dict[str, Any]] = {}  # majority_class, linear_probe: accuracy, macro_f1, ...
+    compared_to_baselines: dict[str, float] = {}  # accuracy_over_majority_class, accuracy_over_linear_probe, ...
+    below_baseline: bool = False
+
+
+class Model(ApiModel):
+    id: str
+    name: str = ""
+    task: str = ""
+    base_model: str = ""
+    job_id: str | None = None
+    labels: list[str] = []
+    metrics: dict[str, Any] = {}  # test_accuracy, test_macro_f1, best_step, baselines' accuracies
+    below_baseline: bool = False
+    created_at: datetime | None = None
+
+
+class Alias(ApiModel):
+    name: str
+    model_id: str
+    updated_at: datetime | None = None
+
+
+class Prediction(ApiModel):
+    label: str
+    score: float
+
+
+class PredictResult(ApiModel):
+    model_id: str
+    predictions: list[list[Prediction]]  # one top-k list per input, best first
+
+
+class Amount(ApiModel):
+    used: int
+    limit: int
+
+
+class StorageUsage(Amount):
+    datasets: int = 0
+    models: int = 0
+    checkpoints: int = 0
+
+
+class Usage(ApiModel):
+    team: str
+    active_jobs: Amount
+    storage_bytes: StorageUsage
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One message of GET /jobs/{id}/stream: `event` is status, metric, event or end (heartbeat only when asked
+    for); `data` is a Job (status, end), a Metric or an Event, or the decoded JSON of an event kind this client does
+    not know; `id` is the resume point the server gave ("<metric_id>-<event_id>")."""
+
+    event: str
+    data: Any
+    id: str | None = None
+
+
+@dataclass
+class Progress:
+    """What `jobs.wait()` hands its `on_progress` callback: the job as last seen, the newest row of each metric
+    name, and the newest event."""
+
+    job: Job
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    last_event: Event | None = None

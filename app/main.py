@@ -34,6 +34,7 @@ from app.registry.router import router as models_router
 from app.request_ids import RequestIdMiddleware, current_request_id
 from app.request_limits import RequestLimits
 from app.strict_query import reject_unknown_query
+from app.sweeps.router import router as sweeps_router
 from app.teams.throttle import FailedAuthThrottle
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
-    for router in (datasets_router, jobs_router, models_router, predict_router, usage_router):
+    for router in (datasets_router, jobs_router, sweeps_router, models_router, predict_router, usage_router):
         app.include_router(router)
     document_problems(app)
 

@@ -264,7 +264,7 @@ def wait_for_job(client, job_id: str, timeout: float) -> dict:  # an httpx.Clien
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = client.get(f"/jobs/{job_id}").json()
-        if body["status"] in {"succeeded", "failed", "cancelled"}:
+        if body["status"] in {"succeeded", "failed", "cancelled", "pruned"}:
             if body["status"] != "succeeded":
                 raise RuntimeError(f"the bench job ended {body['status']}: {body.get('error')}")
             return body

@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 import app.all_tables  # noqa: F401
-from app.db import Base
 from app.config import Settings
+from app.db import Base
 from app.migrate import downgrade, upgrade
 from app.sweeps.study import prepare_storage
 from tests.stacks import postgres_database

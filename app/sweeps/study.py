@@ -93,9 +93,9 @@ def load_study(settings: Settings, name: str, spec: SweepCreate | None = None) -
 def make_sampler(spec: SweepCreate, trials_so_far: int) -> BaseSampler:
     """The spec's sampler, seeded with the sweep's seed plus the number of trials asked so far: built afresh for
     every ask (in whichever process asks), it proposes the same sequence for the same history."""
+    if spec.sampler == "grid":  # its seed shuffles the grid, and trial number N takes point N: one order for all
+        return GridSampler(space.grid(spec), seed=spec.seed)
     seed = spec.seed + trials_so_far
-    if spec.sampler == "grid":
-        return GridSampler(space.grid(spec), seed=seed)
     if spec.sampler == "random":
         return RandomSampler(seed=seed)
     startup = min(10, max(2, spec.max_trials // 4))  # Optuna's 10 random trials would be all of a small sweep

@@ -180,7 +180,7 @@ def test_a_sigkilled_worker_mid_trial_resumes_the_same_trial(sweeps):
     resumed = client.get(f"/jobs/{job_id}").json()
     assert resumed["attempt"] == 2
     kinds = [e["kind"] for e in _events(client, job_id)]
-    assert "requeued" in kinds and "resumed" in kinds
+    assert "requeued" in kinds and "resumed" in kinds and kinds.count("sweep_trial") == 1
     told = _study_trials(service, sweep["id"])
     assert [(t.number, t.state) for t in told] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
     assert [t.value for t in told] == [t["objective"] for t in trials]

@@ -63,7 +63,7 @@ def run_job(job_id: str, settings: Settings, db: Database, store: ArtifactStore,
     heartbeat = Heartbeat(ctx)
     heartbeat.start()
     ended = True  # in a final state (not handed back, not lost)
-    trial: tuple[str, TrialReporter] | None = None
+    trial: tuple[str, TrialReporter | None] | None = None
     try:
         trial = open_trial(ctx)
         hooks = DbHooks(ctx, heartbeat, CheckpointWriter(ctx), trial[1] if trial else None)

@@ -12,13 +12,17 @@ from worker.context import JobContext
 log = logging.getLogger(__name__)
 
 
-def open_trial(ctx: JobContext) -> tuple[str, TrialReporter] | None:
+def open_trial(ctx: JobContext) -> tuple[str, TrialReporter | None] | None:
     """(sweep id, the reporter of its evaluations) when the job is a sweep trial, else None."""
     link = ctx.transact("sweep trial", lambda session: progress.trial_of_job(session, ctx.job_id))
     if link is None:
         return None
     sweep_id, study_name, optuna_trial_id, spec = link
-    return sweep_id, TrialReporter(ctx.settings, study_name, optuna_trial_id, spec)
+    try:
+        return sweep_id, TrialReporter(ctx.settings, study_name, optuna_trial_id, spec)
+    except Exception as exc:  # the study's storage unreachable: train unpruned; its end is still told (progress.py)
+        log.warning("job %s: cannot reach its study %s (%s); training without pruning", ctx.job_id, study_name, exc)
+        return sweep_id, None
 
 
 def after_trial(ctx: JobContext, sweep_id: str, send: Callable[[str], None]) -> None:

@@ -19,7 +19,8 @@ from app.db import rows_changed, utcnow
 from app.errors import AppError, TooManyRequests
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.service import create_job
-from app.jobs.tables import ACTIVE_STATUSES, FINISHED, JobStatus, Metric, TrainingJob
+from app.jobs.tables import ACTIVE_STATUSES, FINISHED, JobEvent, JobStatus, Metric, TrainingJob
+from app.public_text import public_text
 from app.quotas.service import check_can_submit
 from app.registry.service import set_alias
 from app.sweeps import space, study
@@ -184,6 +185,9 @@ def start_trial(
         session.add(
             SweepTrial(sweep_id=sweep_id, number=number, optuna_trial_id=optuna_id, job_id=job.id, params=params)
         )
+        chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        message = f"trial {number} of sweep {sweep_id}: {chosen}"
+        session.add(JobEvent(job_id=job.id, kind="sweep_trial", message=public_text(message)))
 
     try:
         fixed = spec.hyperparameters.model_dump(mode="json", exclude_unset=True)

@@ -163,5 +163,11 @@ def importances(session: Session, settings: Settings, sweep: Sweep) -> Importanc
             f"Sweep '{sweep.id}' has {completed} completed trials; parameter importances need at least "
             f"{MIN_TRIALS_FOR_IMPORTANCE}. Ask again when more have finished (GET /sweeps/{sweep.id})."
         )
-    count, found = study.importances(settings, sweep.study_name, progress.spec_of(sweep).seed)
+    try:
+        count, found = study.importances(settings, sweep.study_name, progress.spec_of(sweep).seed)
+    except study.NoVariance as exc:
+        raise Conflict(
+            f"Sweep '{sweep.id}': {exc}, so no hyperparameter explains a difference; importances need trials that "
+            "score differently."
+        ) from None
     return Importances(completed_trials=count, importances=found)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.storages import RDBStorage
@@ -122,19 +123,30 @@ def ask(settings: Settings, name: str, spec: SweepCreate) -> tuple[int, int, dic
 
 
 def tell(settings: Settings, name: str, number: int, told: str, value: float | None) -> None:
-    """The trial's end, once: a trial the study already holds as finished is left as it is."""
+    """The trial's end, once: a trial the study already holds as finished is left as it is (when another process
+    tells it at the same moment, the storage's row lock lets one through and refuses the other)."""
     study = load_study(settings, name)
     values = value if told == "complete" else None
-    study.tell(number, values, state=TOLD[told], skip_if_finished=True)
+    try:
+        study.tell(number, values, state=TOLD[told], skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        pass
 
 
 def importances(settings: Settings, name: str, seed: int) -> tuple[int, dict[str, float]]:
     """(completed trials, fANOVA importance of each searched hyperparameter)."""
     study = load_study(settings, name)
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    values = {t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if len(values) < 2:
+        raise NoVariance(f"all {completed} completed trials scored {values.pop() if values else None}")
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     found = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return completed, {k: float(v) for k, v in found.items()}
+
+
+class NoVariance(ValueError):
+    """The completed trials all scored the same: no hyperparameter explains a difference."""
 
 
 class TrialReporter:

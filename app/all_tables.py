@@ -4,6 +4,7 @@ from app.datasets.tables import Dataset
 from app.idempotency.tables import IdempotentRequest
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
 from app.registry.tables import Alias, RegisteredModel
+from app.sweeps.tables import Sweep, SweepTrial
 from app.teams.tables import ApiKey, Team
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "JobEvent",
     "Metric",
     "RegisteredModel",
+    "Sweep",
+    "SweepTrial",
     "Team",
     "TrainingJob",
 ]

@@ -160,10 +160,18 @@ def teams_limits(
         db.dispose()
 
 
+def _prepare_studies() -> None:
+    """The sweeps' Optuna storage (app/sweeps/study.py): its own schema or file, never among our tables."""
+    from app.sweeps.study import prepare_storage
+
+    prepare_storage(get_settings())
+
+
 @cli.command()
 def migrate() -> None:
-    """Upgrade the database schema to the latest migration."""
+    """Upgrade the database schema to the latest migration, and create the sweeps' study storage."""
     _prepare()
+    _prepare_studies()
     typer.echo("database at head")
 
 
@@ -195,6 +203,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     from app.supervisor import Supervisor, reclaim_jobs_of
 
     _prepare()
+    _prepare_studies()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s finetune up: %(message)s")
     settings = get_settings()
     supervisor = Supervisor(

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     var_dir: Path = Field(Path("var"), description="Folder for the embedded SQLite files and artifacts")
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under var_dir")
     broker_url: str = Field("", description="Celery broker; empty: SQLAlchemy transport on SQLite")
+    study_storage_url: str = Field(
+        "",
+        description="Optuna storage of the sweeps' studies; empty: beside the database (SQLite: a file of its own "
+        "next to it; PostgreSQL: the same database, schema 'optuna')",
+    )
     artifacts_url: str = Field(
         "", description="Artifact store: a folder or s3://bucket/prefix; empty: var_dir/artifacts"
     )

@@ -41,6 +41,7 @@ from app.registry.router import router as models_router
 from app.request_ids import RequestIdMiddleware, current_request_id
 from app.request_limits import RequestLimits
 from app.strict_query import reject_unknown_query
+from app.sweeps.router import router as sweeps_router
 from app.teams.throttle import FailedAuthThrottle
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
-    for router in (datasets_router, jobs_router, models_router, predict_router, usage_router, metrics_router):
+    for router in (
+        datasets_router,
+        jobs_router,
+        sweeps_router,
+        models_router,
+        predict_router,
+        usage_router,
+        metrics_router,
+    ):
         app.include_router(router)
     mount_console(app)  # the web console at /ui/ (static pages over the same API)
     document_problems(app)

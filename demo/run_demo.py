@@ -50,7 +50,7 @@ from finetune_client import Job as JobView  # noqa: E402
 
 os.environ.update(processes.OFFLINE)
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 
 # The service's defaults (app/jobs/defaults.py: epochs "auto" gives 5 for MNIST-1k and 4 for Rotten Tomatoes-2k,
 # early stopping on validation accuracy, the best checkpoint tested and registered), with smaller inputs (112 px

@@ -22,7 +22,7 @@ from app.processes import ROOT, api_command, worker_command
 from tests.factories import build_tiny_image_model, build_tiny_text_model, build_tiny_timm_model
 from tests.stacks import Stack, make_stack, postgres_database, process_env
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 
 
 @dataclass

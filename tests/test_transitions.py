@@ -145,6 +145,17 @@ def _mentions_job_status(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Name) and n.id == "JobStatus" for n in ast.walk(node))
 
 
+def _updated_table(call: ast.Call) -> str | None:
+    """The name X of the `update(X)` a `.values(...)` chain starts from (None when it is not such a chain): another
+    table's `status` (a sweep's) is not a job's."""
+    node: ast.AST = call.func
+    while isinstance(node, ast.Attribute | ast.Call):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "update" and node.args:
+            return getattr(node.args[0], "id", None)
+        node = node.value if isinstance(node, ast.Attribute) else node.func
+    return None
+
+
 def _writes_status(tree: ast.AST) -> list[int]:
     """Lines that set a job's status: `job.status = ...`, `status=` passed to `.values(...)`, `update(...)` or a
     `TrainingJob(...)` constructor, or a `{"status": JobStatus...}` dict (for `.values(**d)`)."""
@@ -159,7 +170,7 @@ def _writes_status(tree: ast.AST) -> list[int]:
         if isinstance(node, ast.Call) and any(k.arg == "status" for k in node.keywords):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name in {"values", "update", "TrainingJob"}:
+            if name in {"values", "update", "TrainingJob"} and _updated_table(node) in (None, "TrainingJob"):
                 lines.append(node.lineno)
         if isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values, strict=True):

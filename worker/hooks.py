@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from app.db import is_connection_error
 from app.jobs import lifecycle, run_records
-from app.jobs.stop_reasons import Cancelled, HandedBack, LostLease
+from app.jobs.stop_reasons import Cancelled, HandedBack, LostLease, Pruned
+from app.sweeps.study import TrialReporter
 from worker.checkpoints import CheckpointWriter
 from worker.context import JobContext
 from worker.training.loop import Run
@@ -56,8 +57,12 @@ class Heartbeat(threading.Thread):
 class DbHooks:
     """The loop's reports, written to the database in batches."""
 
-    def __init__(self, ctx: JobContext, heartbeat: Heartbeat, checkpoints: CheckpointWriter) -> None:
+    def __init__(
+        self, ctx: JobContext, heartbeat: Heartbeat, checkpoints: CheckpointWriter, trial: TrialReporter | None = None
+    ) -> None:
         self.ctx, self.heartbeat, self.checkpoints = ctx, heartbeat, checkpoints
+        self.trial = trial  # a sweep trial reports each evaluation to its study
+        self.prune_reason: str | None = None
         self.pending: list[dict] = []
         self.last_flush = time.monotonic()
         self.cancel_requested = False
@@ -78,6 +83,11 @@ class DbHooks:
         for name, value in values.items():
             self.pending.append({"name": name, "step": step, "epoch": epoch, "value": value})
         self.flush()
+        if self.trial is not None:
+            try:
+                self.prune_reason = self.trial.report(step, values)
+            except Exception as exc:  # the study's storage unreachable: train on, report at the next evaluation
+                log.warning("job %s: could not report step %s to its study: %s", self.ctx.job_id, step, exc)
 
     def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None:
         """An evaluation's checkpoint; the job row shows the best metric so far."""
@@ -85,11 +95,14 @@ class DbHooks:
         self.checkpoints.write(run, kind="evaluation", metric=metric_name, value=value, best=is_best)
 
     def at_step_boundary(self, run: Run) -> None:
-        """Stop here if the job was cancelled, its lease lost, or this worker is shutting down."""
+        """Stop here if the job was cancelled, its lease lost, its sweep's pruner said so, or this worker is shutting
+        down."""
         if self.heartbeat.lost:
             raise LostLease(self.ctx.job_id)
         if self.cancel_requested or self.heartbeat.cancel_requested:
             raise Cancelled
+        if self.prune_reason is not None:
+            raise Pruned(self.prune_reason)
         if SHUTTING_DOWN.is_set() and run.state.step < run.total_steps and not run.state.stopped_early:
             if self.checkpoints.last_step != run.state.step:  # an evaluation may have just saved this very state
                 self.flush()

@@ -21,13 +21,15 @@ from app.jobs import lifecycle
 from app.jobs.lifecycle import Event
 from app.jobs.memory import MB
 from app.jobs.service import JobSpec, read_job_spec
-from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, user_facing
+from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, Pruned, user_facing
 from app.processes import worker_identity
 from app.registry.service import register_model
+from app.sweeps.study import TrialReporter
 from worker.checkpoints import CheckpointWriter, resume_latest
 from worker.context import JobContext
 from worker.db_retry import retrying
 from worker.hooks import DbHooks, Heartbeat
+from worker.sweep_trials import after_trial, open_trial
 from worker.training.checkpoint import load_weights
 from worker.training.evaluation import classification_summary
 from worker.training.loop import Run, evaluate, fit
@@ -60,17 +62,25 @@ def run_job(job_id: str, settings: Settings, db: Database, store: ArtifactStore,
     ctx = JobContext(job_id, attempt, workdir, db, store, settings)
     heartbeat = Heartbeat(ctx)
     heartbeat.start()
-    hooks = DbHooks(ctx, heartbeat, CheckpointWriter(ctx))
+    ended = True  # in a final state (not handed back, not lost)
+    trial: tuple[str, TrialReporter | None] | None = None
     try:
+        trial = open_trial(ctx)
+        hooks = DbHooks(ctx, heartbeat, CheckpointWriter(ctx), trial[1] if trial else None)
         train(ctx, hooks)
     except Cancelled:
         hooks.flush()
         _finish(ctx, Event.stop_cancelled, "cancelled at a step boundary")
+    except Pruned as stop:
+        hooks.flush()
+        _finish(ctx, Event.prune, stop.reason)
     except HandedBack:
+        ended = False
         reason = "worker shutting down: checkpointed and handed back to the queue"
         ctx.transact("hand-back", lambda session: lifecycle.hand_back(session, job_id, attempt, reason))
         ctx.transact("dispatch", lambda session: lifecycle.dispatch(session, job_id, send))
     except LostLease:
+        ended = False
         log.warning("job %s: attempt %s lost its lease; stopping without writing", job_id, attempt)
     except Exception as exc:  # every failure must end in the job row
         if not isinstance(exc, JobFailed):
@@ -83,6 +93,8 @@ def run_job(job_id: str, settings: Settings, db: Database, store: ArtifactStore,
     finally:
         heartbeat.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    if ended and trial is not None:
+        after_trial(ctx, trial[0], send)
 
 
 def train(ctx: JobContext, hooks: DbHooks) -> None:

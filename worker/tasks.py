@@ -15,6 +15,7 @@ from app.config import get_settings
 from app.db import Database
 from app.jobs.reaper import reap
 from app.queue import TRAIN_TASK, enqueue_training
+from app.sweeps.progress import advance_all
 from worker.celery_app import celery_app
 from worker.hooks import SHUTTING_DOWN
 from worker.runner import run_job
@@ -48,10 +49,12 @@ def _hand_jobs_back(**_: object) -> None:
 
 
 def reap_once() -> None:
-    """Requeue jobs whose worker was lost, and re-send queued jobs whose message may have been lost."""
-    db, _ = _resources()
+    """Requeue jobs whose worker was lost, re-send queued jobs whose message may have been lost, and move sweeps on
+    (tell their studies how trials ended, start new trials) should a worker have died before it did."""
+    db, store = _resources()
     with db.session() as session:
         reaped = reap(session, get_settings(), _send)
+        advance_all(session, get_settings(), store, _send)
     if reaped.sent or reaped.failed or reaped.cancelled:
         log.info("reaper: sent %s, failed %s, cancelled %s", reaped.sent, reaped.failed, reaped.cancelled)
 

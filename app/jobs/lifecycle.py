@@ -9,6 +9,7 @@
     running   succeed          succeeded   worker   finish
     running   fail             failed      worker   finish
     running   stop_cancelled   cancelled   worker   finish
+    running   prune            pruned      worker   finish (a sweep trial its study's pruner stopped)
     running   hand_back        queued      worker   hand_back (SIGTERM: checkpointed, back to the queue)
     running   lease_lost       queued      reaper   reclaim_lost (resumes from its last checkpoint)
     running   lost_cancelled   cancelled   reaper   reclaim_lost (its worker died while it was being cancelled)
@@ -48,6 +49,7 @@ class Event(StrEnum):
     succeed = "succeed"
     fail = "fail"
     stop_cancelled = "stop_cancelled"
+    prune = "prune"
     hand_back = "hand_back"
     lease_lost = "lease_lost"
     lost_cancelled = "lost_cancelled"
@@ -68,13 +70,19 @@ TRANSITIONS: dict[Event, Transition] = {
     Event.succeed: Transition(JobStatus.running, JobStatus.succeeded, "worker"),
     Event.fail: Transition(JobStatus.running, JobStatus.failed, "worker"),
     Event.stop_cancelled: Transition(JobStatus.running, JobStatus.cancelled, "worker"),
+    Event.prune: Transition(JobStatus.running, JobStatus.pruned, "worker"),
     Event.hand_back: Transition(JobStatus.running, JobStatus.queued, "worker"),
     Event.lease_lost: Transition(JobStatus.running, JobStatus.queued, "reaper"),
     Event.lost_cancelled: Transition(JobStatus.running, JobStatus.cancelled, "reaper"),
     Event.lost_for_good: Transition(JobStatus.running, JobStatus.failed, "reaper"),
 }
 # What the event row a finishing worker writes is called.
-FINISH_EVENT_KIND = {Event.succeed: "succeeded", Event.fail: "failed", Event.stop_cancelled: "cancelled"}
+FINISH_EVENT_KIND = {
+    Event.succeed: "succeeded",
+    Event.fail: "failed",
+    Event.stop_cancelled: "cancelled",
+    Event.prune: "pruned",
+}
 
 
 def _move(session: Session, job_id: str, event: Event, *where: ColumnElement[bool], **values: Any) -> bool:
@@ -115,7 +123,7 @@ def submit(
 
 def request_cancel(session: Session, job: TrainingJob) -> TrainingJob:
     """A queued job is cancelled at once; a running one is flagged and its worker stops at the next step."""
-    if job.status in (JobStatus.succeeded, JobStatus.failed):
+    if job.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.pruned):
         raise Conflict(f"Job '{job.id}' already {job.status}; only queued or running jobs can be cancelled.")
     if job.status == JobStatus.cancelled:
         return job
@@ -208,7 +216,7 @@ def heartbeat(session: Session, job_id: str, attempt: int, **progress: Any) -> b
 
 
 def finish(session: Session, job_id: str, attempt: int, event: Event, message: str, **values: Any) -> None:
-    """This attempt's final state (succeed, fail, stop_cancelled) and its event. Raises LostLease."""
+    """This attempt's final state (succeed, fail, stop_cancelled, prune) and its event. Raises LostLease."""
     if event not in FINISH_EVENT_KIND:
         raise ValueError(f"{event} does not finish a job")
     if not _move(session, job_id, event, TrainingJob.attempt == attempt, finished_at=utcnow(), **values):

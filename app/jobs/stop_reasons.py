@@ -36,3 +36,11 @@ def user_facing(exc: BaseException) -> str:
         return public_text(exc.reason)
     message = public_text(str(exc))
     return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
+
+
+class Pruned(StopRun):
+    """A sweep trial its study's pruner stopped; `reason` (with the step) goes into the job's `pruned` event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

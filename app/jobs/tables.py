@@ -21,9 +21,10 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # a sweep trial its study's pruner stopped early (see app/sweeps)
 
 
-FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned)
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 
 

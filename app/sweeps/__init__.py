@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: an Optuna study whose trials are ordinary training jobs."""

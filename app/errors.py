@@ -16,10 +16,12 @@ class AppError(Exception):
         status: int | None = None,
         title: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.extra = extra or {}  # more members of the problem body
         if status is not None:
             self.status = status
         if title is not None:

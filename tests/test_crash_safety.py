@@ -121,6 +121,31 @@ def test_sigterm_checkpoints_and_hands_the_job_back_at_once(crashy, reference):
         assert _weights(service, job)[name].equal(tensor), name
 
 
+def test_sigkill_with_accumulation_weights_and_partial_freezing_resumes_bit_identically(crashy):
+    """Micro-batches, class weights, label smoothing and freeze last_n (issue 14) keep a resume exact."""
+    service, client, dataset_id = crashy
+    options = {
+        **HP, "gradient_accumulation_steps": 2, "class_weights": {"positive": 2.0}, "label_smoothing": 0.1,
+        "freeze": "last_n", "trainable_layers": 1,
+    }  # fmt: skip
+    body = {"dataset_id": dataset_id, "base_model": "tiny-bert", "hyperparameters": options}
+    reference = wait_for_job(client, client.post("/jobs", json=body).json()["id"])
+    assert reference["status"] == "succeeded", reference["error"]
+    worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
+    job_id = client.post("/jobs", json=body).json()["id"]
+    assert wait_for_step(client, job_id, 30)["epoch"] == 0
+    service.processes[worker].send_signal(signal.SIGKILL)
+    service.processes[worker].wait()
+    service.start_worker("worker-options")
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["error"]
+    for name, tensor in _weights(service, reference).items():
+        assert _weights(service, job)[name].equal(tensor), name
+    series = client.get(f"/jobs/{job_id}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    ref = client.get(f"/jobs/{reference['id']}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    assert [(m["step"], m["value"]) for m in series] == [(m["step"], m["value"]) for m in ref]
+
+
 def test_cancel_while_the_worker_is_dead_stays_cancelled(crashy):
     service, client, dataset_id = crashy
     worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)

@@ -162,7 +162,8 @@ def _quality_warnings(records: list[Record], labels: list[str], counts: dict[str
     if totals[largest] > MAX_IMBALANCE * totals[smallest]:
         warnings.append(
             f"classes are imbalanced: '{largest}' has {totals[largest]} examples but '{smallest}' only "
-            f"{totals[smallest]}; the model may rarely predict the small classes"
+            f"{totals[smallest]}; the model may rarely predict the small classes. Train with hyperparameters "
+            '{"class_weights": "balanced"} to weigh each class by the inverse of its frequency; judge it by macro-F1'
         )
     for split in ("val", "test"):
         absent = [label for label in labels if counts[split][label] == 0]

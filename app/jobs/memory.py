@@ -138,21 +138,22 @@ def image_side(hp: Hyperparameters, model: ModelShape | None) -> int:
 
 
 def _activations(task: TaskType, hp: Hyperparameters, model: ModelShape, sequence: int | None) -> int | None:
-    """One batch's activations kept for the backward pass (rough: a published formula for transformers, a multiple
-    of the input for convolutional networks)."""
+    """One micro-batch's activations kept for the backward pass (rough: a published formula for transformers, a
+    multiple of the input for convolutional networks); with gradient accumulation a micro-batch is a part of a batch."""
+    rows = hp.batch_size // hp.gradient_accumulation_steps
     if task == TaskType.image_classification:
         side = image_side(hp, model)
         if model.patch_size:
             sequence = (side // model.patch_size) ** 2 + 1
         else:
-            return hp.batch_size * CHANNELS * side * side * FLOAT_BYTES * CONV_ACTIVATIONS_PER_INPUT_FLOAT
+            return rows * CHANNELS * side * side * FLOAT_BYTES * CONV_ACTIVATIONS_PER_INPUT_FLOAT
     if not (sequence and model.hidden_size and model.layers and model.heads):
         return None
     per_layer = (
         TRANSFORMER_BYTES_PER_TOKEN_AND_WIDTH * sequence * model.hidden_size
         + TRANSFORMER_BYTES_PER_HEAD_AND_PAIR * model.heads * sequence * sequence
     )
-    return hp.batch_size * model.layers * per_layer
+    return rows * model.layers * per_layer
 
 
 def check_budget(memory: MemoryEstimate, task: TaskType | str, rows: int, hp: Hyperparameters, budget_mb: int) -> None:

@@ -47,7 +47,36 @@ class Hyperparameters(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps spent warming up")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip gradients to this norm; null: no clipping")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="classifier dropout, where the model has one")
-    freeze: Literal["none", "backbone"] = Field("none", description='"backbone": train only the new head')
+    freeze: Literal["none", "backbone", "last_n"] = Field(
+        "none",
+        description='"backbone": train only the new head; "last_n": train the last `trainable_layers` encoder blocks '
+        "(BERT/MiniLM layers, ViT blocks, the stages of timm convolutional models such as EfficientNet), what "
+        "follows them (final norm, pooler, convolutional head) and the head, with everything before them frozen",
+    )
+    trainable_layers: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description='with freeze "last_n": how many of the last blocks train (at most the model\'s)',
+    )
+    class_weights: Literal["none", "balanced"] | dict[Annotated[str, Field(max_length=200)], float] = Field(
+        "none",
+        description='weights of the classes in the training loss: "none" (all 1); "balanced": n / (classes x count), '
+        "from the training split (scikit-learn's compute_class_weight), which helps when some classes are rare; or "
+        "{label: weight} (positive; a label left out weighs 1). The validation loss stays unweighted",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of each target spread evenly over all classes (training loss only)"
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="split each batch of batch_size examples into this many micro-batches whose gradients add up "
+        "before one optimizer step: the effective batch stays batch_size (which must be a multiple of it) while a "
+        "worker holds the activations of batch_size / steps examples only; steps, the scheduler and max_steps "
+        "count optimizer steps",
+    )
     strategy: Literal["auto", "full", "lp_ft", "head_only"] = Field(
         "auto",
         description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '
@@ -81,13 +110,42 @@ class Hyperparameters(BaseModel):
             raise ValueError('epochs must be a whole number from 1 to 1000, or "auto"')
         return value
 
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError('class_weights {} weighs nothing; use "none", "balanced" or {label: weight}')
+            bad = [label for label, weight in value.items() if not weight > 0]
+            if bad:
+                raise ValueError(f"class weights must be positive: {', '.join(repr(b) for b in bad[:10])}")
+            if len(value) > 10_000:
+                raise ValueError("class_weights names more than 10000 labels")
+        return value
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> Hyperparameters:
+        steps = self.gradient_accumulation_steps
+        if self.batch_size % steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is the effective batch and must split evenly into "
+                f"gradient_accumulation_steps {steps} micro-batches; use a batch_size that is a multiple of {steps}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _head_only_is_a_frozen_backbone(self) -> Hyperparameters:
         """strategy "head_only" and freeze "backbone" are one thing; other strategies train the backbone too."""
+        if self.freeze == "last_n" and self.strategy == "head_only":
+            raise ValueError('freeze "last_n" trains some blocks too, so strategy "head_only" cannot apply')
         if self.strategy == "head_only" or (self.freeze == "backbone" and self.strategy == "auto"):
             self.strategy, self.freeze = "head_only", "backbone"
         elif self.freeze == "backbone":
             raise ValueError(f'freeze "backbone" trains only the head, so strategy "{self.strategy}" cannot apply')
+        if self.freeze == "last_n" and self.trainable_layers is None:
+            raise ValueError('freeze "last_n" needs trainable_layers: how many of the last encoder blocks to train')
+        if self.freeze != "last_n" and self.trainable_layers is not None:
+            raise ValueError('trainable_layers applies only with freeze "last_n"; set freeze to "last_n" or drop it')
         return self
 
 

@@ -10,6 +10,7 @@ from app.artifacts.store import ArtifactStore
 from app.base_models.resolve import BaseModelRef
 from app.datasets.tables import Dataset
 from app.errors import InvalidInput
+from app.jobs.blocks import BLOCK_LISTS, find_blocks, weight_names
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.types import TaskType
 
@@ -32,6 +33,8 @@ def check_spec(
     """Raise InvalidInput for a spec that cannot run on this dataset and base model. A default the model cannot
     take is fitted to it instead (`user_set`: the hyperparameters the user chose; those are never changed)."""
     _check_splits(dataset)
+    _check_class_weights(hp, dataset)
+    _check_trainable_layers(hp, base)
     if task == TaskType.text_classification:
         positions = max_positions(base_config(base, store))
         if positions is not None and hp.max_length > positions:
@@ -53,6 +56,37 @@ def _check_splits(dataset: Dataset) -> None:
                 f"class (about 10% are held out for val and test), or give {split} rows in the upload's split "
                 "column or folders"
             )
+
+
+def _check_class_weights(hp: Hyperparameters, dataset: Dataset) -> None:
+    if not isinstance(hp.class_weights, dict):
+        return
+    unknown = [label for label in hp.class_weights if label not in dataset.labels]
+    if unknown:
+        names = ", ".join(repr(label) for label in unknown[:10])
+        known = ", ".join(repr(label) for label in dataset.labels[:20])
+        raise InvalidInput(
+            f"class_weights names labels that dataset '{dataset.name}' does not have: {names}. Its labels are "
+            f"{known}{' ...' if len(dataset.labels) > 20 else ''}"
+        )
+
+
+def _check_trainable_layers(hp: Hyperparameters, base: BaseModelRef) -> None:
+    """freeze "last_n" needs a block list of at least trainable_layers blocks (checked where the base model's files
+    are on this machine; a registered model in object storage is checked by the worker, which fails the job)."""
+    if hp.freeze != "last_n" or hp.trainable_layers is None or base.folder is None:
+        return
+    blocks = find_blocks(weight_names(base.folder))
+    if blocks is None:
+        raise InvalidInput(
+            f"base_model '{base.name}' has no encoder blocks or stages that freeze \"last_n\" can find (it looks for "
+            f'{", ".join(BLOCK_LISTS)} lists); use freeze "backbone" or "none"'
+        )
+    if hp.trainable_layers > blocks.count:
+        raise InvalidInput(
+            f"trainable_layers {hp.trainable_layers} is more than the {blocks.count} blocks of base_model "
+            f"'{base.name}' ({blocks.prefix}); set it to {blocks.count} or less, or freeze \"none\" to train them all"
+        )
 
 
 def base_config(base: BaseModelRef, store: ArtifactStore) -> dict[str, Any]:

@@ -46,7 +46,9 @@ def set_alias(
     team: CurrentTeam,
     session: SessionDep,
 ) -> Alias:
-    return service.set_alias(session, team.id, name, body.model_id, body.force)
+    """Create or move an alias; `require_improvement` gates the move on the test scores (409 when not better)."""
+    rule = body.require_improvement
+    return service.set_alias(session, team.id, name, body.model_id, body.force, rule.metric if rule else None)
 
 
 @router.get("/aliases", response_model=list[AliasRead])

@@ -10,6 +10,8 @@ from app.db import utcnow
 from app.errors import Conflict, NotFound
 from app.jobs.tables import ACTIVE_STATUSES, TrainingJob
 from app.pagination import PageParams, newest_first
+from app.registry import promotion
+from app.registry.promotion import Metric
 from app.registry.tables import Alias, RegisteredModel
 
 DEFAULT_ALIAS = "production"
@@ -31,8 +33,16 @@ def list_models(session: Session, team_id: str, page: PageParams) -> tuple[list[
     return newest_first(session, query, RegisteredModel, anchor, page.limit)
 
 
-def set_alias(session: Session, team_id: str, name: str, model_id: str, force: bool = False) -> Alias:
-    """Point alias `name` at one of the team's models (created or moved); a model that learned nothing needs `force`."""
+def set_alias(
+    session: Session,
+    team_id: str,
+    name: str,
+    model_id: str,
+    force: bool = False,
+    require_improvement: Metric | None = None,
+) -> Alias:
+    """Point alias `name` at one of the team's models (created or moved); a model that learned nothing needs `force`;
+    with `require_improvement` an existing alias moves only to a model that scores better (app/registry/promotion.py)."""
     model = get_model(session, team_id, model_id)
     if model.below_baseline and not force:
         accuracy = model.metrics.get("test_accuracy")
@@ -43,6 +53,9 @@ def set_alias(session: Session, team_id: str, name: str, model_id: str, force: b
             f"more epochs, another base model), or send \"force\": true to point '{name}' at it anyway."
         )
     alias = session.get(Alias, (team_id, name))
+    if alias is not None and require_improvement is not None and alias.model_id != model_id:
+        current = get_model(session, team_id, alias.model_id)
+        promotion.require_improvement(session, name, current, model, require_improvement)
     if alias is None:
         alias = Alias(team_id=team_id, name=name, model_id=model_id)
         session.add(alias)

@@ -17,6 +17,7 @@ from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec
 from worker.training.data import SplitData, batches, epoch_order
 from worker.training.evaluation import summary_metrics
+from worker.training.loss import normalizer, summed_loss
 from worker.training.state import FitState
 
 MINIMIZED = {"val_loss"}
@@ -52,6 +53,7 @@ class Run:
     state: FitState = field(default_factory=FitState)
     head: list[str] = field(default_factory=list)  # the classification head's parameter names
     head_is_new: bool = True  # initialised fresh for these labels (not a fine-tuned model's own head)
+    class_weights: torch.Tensor | None = None  # per label index, on `device`; None: all classes weigh 1
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -84,18 +86,39 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
 
 
 def train_step(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-    """One optimizer step on one batch; returns the batch's mean loss."""
+    """One optimizer step on one batch, in `gradient_accumulation_steps` micro-batches whose gradients add up to the
+    whole batch's; returns the batch's mean training loss (weighted and smoothed as the spec says)."""
     run.optimizer.zero_grad(set_to_none=True)
     inputs, labels = to_device(inputs, run.device), labels.to(run.device, non_blocking=True)
-    with autocast(run.device):
-        logits = run.model(**inputs).logits
-    loss = F.cross_entropy(logits.float(), labels)
-    loss.backward()
+    weights, smoothing = run.class_weights, run.hp.label_smoothing
+    total = normalizer(labels, weights)
+    batch_loss = 0.0
+    for part, part_labels in micro_batches(inputs, labels, run.hp.gradient_accumulation_steps):
+        with autocast(run.device):
+            logits = run.model(**part).logits
+        loss = summed_loss(logits, part_labels, weights, smoothing) / total
+        loss.backward()
+        batch_loss += loss.item()
     if run.hp.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(run.trainable, run.hp.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
-    return loss.item()
+    return batch_loss
+
+
+def micro_batches(
+    inputs: dict[str, Any], labels: torch.Tensor, steps: int
+) -> list[tuple[dict[str, Any], torch.Tensor]]:
+    """The batch cut into `steps` micro-batches of batch_size / steps rows (fewer when a last batch is short)."""
+    if steps == 1:
+        return [(inputs, labels)]
+    size = math.ceil(len(labels) / steps)
+    parts = []
+    for begin in range(0, len(labels), size):
+        rows = slice(begin, begin + size)
+        part = {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim else v for k, v in inputs.items()}
+        parts.append((part, labels[rows]))
+    return parts
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
+from app.jobs.blocks import find_blocks
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import head_parameter_names, trained_labels
@@ -17,6 +18,7 @@ from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import task_spec
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
+from worker.training.loss import class_weight_tensor
 
 NO_DECAY = ("bias", "norm", "ln", "layernorm")
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -56,6 +58,9 @@ def build_run(
     head = head_parameter_names(model, fresh)
     if hp.freeze == "backbone":
         freeze_backbone(model, head)
+    elif hp.freeze == "last_n":
+        assert hp.trainable_layers is not None, "the schema requires it with last_n"
+        freeze_all_but_last(model, head, hp.trainable_layers)
     optimizer = make_optimizer(model, hp, device)
     steps_per_epoch = math.ceil(len(splits["train"]) / hp.batch_size)
     total = steps_per_epoch * hp.epochs
@@ -69,6 +74,8 @@ def build_run(
     run = Run(model, optimizer, scheduler, spec, processor, prep, hp, splits, device, steps_per_epoch, total)
     # A head of the right size for other labels (LABEL_0, LABEL_1...) is as good as new: it knows nothing of these.
     run.head, run.head_is_new = sorted(head), bool(fresh) or trained_labels(base_path) != labels
+    weights = class_weight_tensor(hp, labels, splits["train"].labels)
+    run.class_weights = weights.to(device) if weights is not None else None
     return run, notes
 
 
@@ -78,6 +85,24 @@ def freeze_backbone(model: torch.nn.Module, head: set[str]) -> None:
         raise ValueError("could not find this model's classification head to leave trainable; use freeze='none'")
     for name, param in model.named_parameters():
         param.requires_grad = name in head
+
+
+def freeze_all_but_last(model: torch.nn.Module, head: set[str], n: int) -> None:
+    """Train the last `n` blocks of the model's block list (app/jobs/blocks.py), every parameter registered after
+    that list (final norm, pooler, convolutional head: they sit between the last block and the head) and the head;
+    freeze the rest (embeddings, stem, earlier blocks)."""
+    if not head:
+        raise ValueError("could not find this model's classification head to leave trainable; use freeze='none'")
+    names = [name for name, _ in model.named_parameters()]
+    blocks = find_blocks(names)
+    if blocks is None:
+        raise ValueError("this model has no encoder blocks or stages that freeze 'last_n' can find; use 'backbone'")
+    if n > blocks.count:
+        raise ValueError(f"trainable_layers {n} is more than this model's {blocks.count} blocks ({blocks.prefix})")
+    last_in_blocks = max(i for i, name in enumerate(names) if blocks.block_of(name) is not None)
+    for i, (name, param) in enumerate(model.named_parameters()):
+        block = blocks.block_of(name)
+        param.requires_grad = name in head or i > last_in_blocks or (block is not None and block >= blocks.count - n)
 
 
 def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:

@@ -7,7 +7,7 @@ import { LineChart, heatmap, bars } from "../charts.js";
 import { h, clear, age, badge, fmt, pct, progressBar, setProgress, confirmDialog } from "../dom.js";
 
 const EVAL_NAMES = ["val_loss", "val_accuracy", "val_macro_f1"];
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 export async function render(main, [jobId], signal) {
   let job = await api(`/jobs/${encodeURIComponent(jobId)}`, { signal });

@@ -3,7 +3,7 @@
 import { api, withQuery } from "../api.js";
 import { h, clear, age, badge, fmt, progressBar } from "../dom.js";
 
-const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
+const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 let chosen = "";  // the status filter, kept while the tab lives (the URL carries no query)
 
 export async function render(main, _params, signal) {

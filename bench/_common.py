@@ -11,9 +11,13 @@ import contextlib
 import json
 import os
 import resource
+import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,6 +262,35 @@ def service_env(var_dir: Path, models_dir: Path) -> dict[str, str]:
         "FINETUNE_WORKER_THREADS": "1",
     }
     return processes.service_env({**settings, "PYTHONPATH": str(ROOT)})
+
+
+@dataclass
+class RunningService:
+    url: str
+    key: str
+    proc: object  # the subprocess.Popen of `finetune up` (or `api`)
+
+
+@contextlib.contextmanager
+def running_service(
+    tmp: Path, env: dict[str, str], command: str = "up", port: int | None = None, ready_timeout: float = 300
+) -> Iterator[RunningService]:
+    """`finetune COMMAND` (up: API and a worker; api: the API alone) on a free port in its own process group, its
+    output in tmp/COMMAND.log, a key for team "bench"; stopped with SIGTERM, then the whole group, on exit."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    if command == "api":  # `up` migrates by itself
+        subprocess.run(processes.cli_command("migrate"), env=env, cwd=ROOT, check=True, capture_output=True)
+    log(f"starting `finetune {command}` on {url} (log {tmp / f'{command}.log'})")
+    proc = processes.start(processes.cli_command(command, "--host", "127.0.0.1", "--port", str(port)), env,
+                           tmp / f"{command}.log", new_session=True)  # fmt: skip
+    try:
+        wait_ready(url, proc, timeout=ready_timeout)
+        yield RunningService(url, processes.create_key(env, "bench"), proc)
+    finally:
+        processes.stop([proc], timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # anything `up` started and left behind
 
 
 def wait_for_job(client: Client, job_id: str, timeout: float) -> Job:

@@ -23,10 +23,7 @@ Target: p50 <= 50 ms for the default page and for name=train_loss.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,21 +137,6 @@ def diagnose(database_url: str, job_id: str, cases: dict[str, dict]) -> list[dic
     return out
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the `up` process (it stops its API and worker), then its process group if anything is left."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this script created for the service (start_new_session)
-    except ProcessLookupError:
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -163,30 +145,37 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary var dir (its path is printed)")
     args = parser.parse_args()
 
-    import httpx
-
     from tests.factories import build_tiny_text_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
     var_dir, models_dir = tmp / "var", tmp / "models"
     build_tiny_text_model(models_dir / "tiny-bert")
     env = C.service_env(var_dir, models_dir)
-    port = args.port or C.free_port()
-    url = f"http://127.0.0.1:{port}"
     var_dir.mkdir(parents=True)
-    log = open(tmp / "service.log", "wb")  # noqa: SIM115
-    C.log(f"starting the service on {url} (var dir {var_dir})")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=C.ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     rows_out = []
     try:
-        C.wait_ready(url, proc)
-        key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--team", "bench"],
-            env=env, cwd=C.ROOT, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        rows_out = measure(args, tmp, var_dir, env)
+    finally:
+        if args.keep:
+            C.log(f"kept {tmp}")
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    cols = ["case", "items", "p50_ms", "p99_ms", "mean_ms", "query_p50_ms", "meets_target", "plan"]
+    print(
+        C.table(rows_out, cols, title=f"GET /jobs/{{id}}/metrics, {args.rows} rows, SQLite, {args.requests} requests")
+    )
+
+
+def measure(args: argparse.Namespace, tmp: Path, var_dir: Path, env: dict[str, str]) -> list[dict]:
+    """Run the service, a tiny job, insert the rows, time the requests; the rows of the table."""
+    import httpx
+
+    rows_out: list[dict] = []
+    with C.running_service(tmp, env, port=args.port) as service:
+        url, key = service.url, service.key
         with C.Client(url, key) as sdk:
             C.log("running a tiny job")
             job_id = run_job(sdk).id
@@ -226,20 +215,7 @@ def main() -> None:
                     if r["case"] == fig["case"]:
                         r["query_p50_ms"] = fig["query_orm_p50_ms"]
                         r["plan"] = " | ".join(fig["sqlite_plan"])
-    finally:
-        stop(proc)
-        log.close()
-        if args.keep:
-            C.log(f"kept {tmp}")
-        else:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    cols = ["case", "items", "p50_ms", "p99_ms", "mean_ms", "query_p50_ms", "meets_target", "plan"]
-    print(
-        C.table(rows_out, cols, title=f"GET /jobs/{{id}}/metrics, {args.rows} rows, SQLite, {args.requests} requests")
-    )
+    return rows_out
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -181,20 +180,9 @@ def main() -> None:
     var_dir.mkdir(parents=True)
     limits = {"FINETUNE_STREAM_MAX_CONNECTIONS": str(max(levels)), "FINETUNE_STREAM_MAX_PER_TEAM": str(max(levels))}
     env = {**C.service_env(var_dir, models_dir), **limits}
-    port = args.port or C.free_port()
-    url = f"http://127.0.0.1:{port}"
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=C.ROOT, check=True, capture_output=True)
-    log = open(tmp / "api.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=C.ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        C.wait_ready(url, proc)
-        key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--team", "bench"],
-            env=env, cwd=C.ROOT, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+    with C.running_service(tmp, env, command="api", port=args.port) as service:
+        url, key, proc = service.url, service.key, service.proc
+        port = int(url.rsplit(":", 1)[1])
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             dataset = client.post(
                 "/datasets", files={"file": ("r.csv", text_csv())}, data={"task": "text_classification"}
@@ -206,17 +194,10 @@ def main() -> None:
         C.log(f"API pid {proc.pid} on {url}; job {job_id} stays queued (no worker)")
         db_url = f"sqlite:///{var_dir / 'finetune.db'}"
         rows, fanout = asyncio.run(measure(url, port, key, job_id, levels, args.healthz, db_url, proc.pid))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        if args.keep:
-            C.log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        C.log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print()
     cols = ["streams", "refused", "api_rss_mb", "api_fds", "open_step_s", "healthz_p50_ms", "healthz_p99_ms"]
     cols += ["get_job_p50_ms", "get_job_p99_ms"]

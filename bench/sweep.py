@@ -26,7 +26,6 @@ import argparse
 import csv
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,21 +133,9 @@ def main() -> None:
     C.ensure_data()  # the corpus files demo/build_datasets.py reads
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     env = C.service_env(tmp / "var", models)
-    port = C.free_port()
-    url = f"http://127.0.0.1:{port}"
     (tmp / "var").mkdir(parents=True)
-    log = open(tmp / "service.log", "wb")  # noqa: SIM115
-    C.log(f"starting the service on {url} (var dir {tmp / 'var'}, log {tmp / 'service.log'})")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=C.ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        C.wait_ready(url, proc, timeout=300)
-        key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--team", "bench"],
-            env=env, cwd=C.ROOT, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+    with C.running_service(tmp, env) as service:
+        url, key = service.url, service.key
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
             upload = {"file": ("rt.csv", dataset_csv(args.train, args.val, args.test, args.seed))}
             dataset = client.post("/datasets", files=upload, data={"task": "text_classification"})
@@ -172,8 +159,6 @@ def main() -> None:
                 row = run_sweep(client, sweep_spec(dataset_id, args, pruner), args.timeout)
                 C.emit(bench="sweep", method=f"sweep_{pruner}", **row)
                 rows.append(row)
-    finally:
-        _stop(proc)
 
     pruned, unpruned = rows
     verdict = {
@@ -193,24 +178,6 @@ def main() -> None:
     with args.out.open("a") as f:
         for row in [defaults, *rows, verdict]:
             f.write(json.dumps({"args": vars(args) | {"out": str(args.out)}, **row}, default=str) + "\n")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM `finetune up` (it stops its API and worker), then its process group if anything is left."""
-    import os
-    import signal
-
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 if __name__ == "__main__":

@@ -30,11 +30,15 @@ from finetune_client.errors import (
     WaitTimeout,
 )
 from finetune_client.jobs import Jobs
+from finetune_client.sweeps import Sweeps
 from finetune_client.types import (
     Alias,
+    BestTrial,
+    BudgetUsed,
     Checkpoint,
     Dataset,
     Event,
+    Importances,
     Job,
     Metric,
     Model,
@@ -43,13 +47,15 @@ from finetune_client.types import (
     Progress,
     Report,
     StreamMessage,
+    Sweep,
+    Trial,
     Usage,
 )
 
 __all__ = [
-    "Alias", "Aliases", "ApiError", "BadRequest", "Checkpoint", "Client", "ConfigError", "Conflict", "Dataset",
-    "Datasets", "Event", "FinetuneError", "Forbidden", "InvalidRequest", "Job", "Jobs", "Metric", "Model", "Models",
-    "NotFound", "PayloadTooLarge", "PredictResult", "Prediction", "Progress", "RateLimited", "Report", "ServerError",
-    "ServiceUnavailable", "ServiceUnreachable", "StreamMessage", "Unauthorized", "Usage", "WaitTimeout",
-    "config_path",
+    "Alias", "Aliases", "ApiError", "BadRequest", "BestTrial", "BudgetUsed", "Checkpoint", "Client", "ConfigError",
+    "Conflict", "Dataset", "Datasets", "Event", "FinetuneError", "Forbidden", "Importances", "InvalidRequest", "Job",
+    "Jobs", "Metric", "Model", "Models", "NotFound", "PayloadTooLarge", "PredictResult", "Prediction", "Progress",
+    "RateLimited", "Report", "ServerError", "ServiceUnavailable", "ServiceUnreachable", "StreamMessage", "Sweep",
+    "Sweeps", "Trial", "Unauthorized", "Usage", "WaitTimeout", "config_path",
 ]  # fmt: skip

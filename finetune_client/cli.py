@@ -1,8 +1,9 @@
-"""`finetune datasets|jobs|models|aliases|predict|configure`: the CLI over the client (never the database).
+"""`finetune datasets|jobs|sweeps|models|aliases|predict|configure`: the CLI over the client (never the database).
 
 Every command takes `--json` (one JSON document; `jobs watch --json` and `jobs create --watch --json` write one
-JSON object per line). Exit codes: 0 done, 1 the service refused or could not be reached (its problem detail is
-printed), 2 bad usage, 3 a watched job failed or was cancelled.
+JSON object per line, as do `sweeps watch --json` and `sweeps create --watch --json`). Exit codes: 0 done, 1 the
+service refused or could not be reached (its problem detail is printed), 2 bad usage, 3 a watched job or sweep
+failed or was cancelled.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from finetune_client import display
 from finetune_client.client import Client
 from finetune_client.config import DEFAULT_URL, config_path, read_config_file, write_config_file
 from finetune_client.errors import ApiError, FinetuneError, NotFound
-from finetune_client.types import Job
+from finetune_client.types import Job, Sweep
 
 JOB_NOT_SUCCEEDED = 3
 JSON = typer.Option(False, "--json", help="print JSON for scripts instead of tables")
 datasets = typer.Typer(help="Upload and inspect datasets.", no_args_is_help=True)
 jobs = typer.Typer(help="Submit, watch and read fine-tuning jobs.", no_args_is_help=True)
+sweeps = typer.Typer(help="Hyperparameter sweeps: many trials (jobs) searching a space.", no_args_is_help=True)
 models = typer.Typer(help="Fine-tuned models.", no_args_is_help=True)
 aliases = typer.Typer(help="Aliases that route /predict to a model.", no_args_is_help=True)
 
@@ -33,6 +35,7 @@ def register(cli: typer.Typer) -> None:
     """Add the client commands to the `finetune` app."""
     cli.add_typer(datasets, name="datasets")
     cli.add_typer(jobs, name="jobs")
+    cli.add_typer(sweeps, name="sweeps")
     cli.add_typer(models, name="models")
     cli.add_typer(aliases, name="aliases")
     cli.command("predict")(predict)
@@ -239,6 +242,136 @@ def jobs_report(job_id: str, as_json: bool = JSON) -> None:
     if as_json:
         return display.print_json(report)
     display.show_report(display.console(), report)
+
+
+# --- sweeps --------------------------------------------------------------------------------------------------
+
+
+def parse_json_option(value: str | None, hint: str) -> dict[str, Any] | None:
+    """A JSON object given inline or as @path (a file holding it); None when not given."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {value[1:]}: {exc.strerror}", param_hint=hint) from None
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("give a JSON object", param_hint=hint)
+    return parsed
+
+
+@sweeps.command("create")
+def sweeps_create(
+    dataset_id: str = typer.Option(..., "--dataset", "-d", help="the dataset's id"),
+    base_model: str = typer.Option(..., "--base-model", "-m", help="a base model folder, a model id or a hub id"),
+    search_space: str = typer.Option(
+        ..., "--space", help='the search space as JSON, or @file: {"learning_rate": {"type": "log_uniform", ...}}'
+    ),
+    hp: Annotated[
+        list[str] | None, typer.Option("--hp", help="a fixed hyperparameter, name=value (repeatable)")
+    ] = None,
+    hyperparameters: str = typer.Option(None, help="fixed hyperparameters as a JSON object (--hp overrides)"),
+    objective: str = typer.Option(None, help="val_accuracy, val_loss or val_macro_f1 (default val_accuracy)"),
+    direction: str = typer.Option(None, help="maximize or minimize (default: minimize val_loss, maximize others)"),
+    max_trials: int = typer.Option(None, "--max-trials", min=1, help="trials in all (default 10)"),
+    parallelism: int = typer.Option(None, min=1, help="trials queued or running at once (default 2)"),
+    sampler: str = typer.Option(None, help="tpe, random or grid (default tpe)"),
+    pruner: str = typer.Option(None, help="median, asha, hyperband or none, or a JSON object (default median)"),
+    budget_steps: int = typer.Option(None, "--budget-steps", min=1, help="start no trial past this many steps"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", min=0, help="start no trial past this time"),
+    seed: int = typer.Option(None, help="the same spec and seed proposes the same trials (default 42)"),
+    promote_alias: str = typer.Option(None, "--promote", help="at the end, point this alias at the best model"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="then follow it as `sweeps watch` does"),
+    as_json: bool = JSON,
+) -> None:
+    """Start a hyperparameter sweep: each trial is a job with hyperparameters drawn from --space."""
+    space = parse_json_option(search_space, "--space") or {}
+    fixed = parse_hyperparameters(hp or [], hyperparameters)
+    goal = {k: v for k, v in {"metric": objective, "direction": direction}.items() if v is not None} or None
+    budget = {k: v for k, v in {"steps": budget_steps, "seconds": budget_seconds}.items() if v is not None} or None
+    pruner_spec: dict[str, Any] | str | None = pruner
+    if pruner and pruner.lstrip().startswith(("{", "@")):
+        pruner_spec = parse_json_option(pruner, "--pruner")
+    with connect() as client:
+        sweep = client.sweeps.create(
+            dataset_id, base_model, space, fixed, objective=goal, max_trials=max_trials, parallelism=parallelism,
+            sampler=sampler, pruner=pruner_spec, budget=budget, seed=seed, promote_alias=promote_alias,
+        )  # fmt: skip
+        if as_json:
+            display.print_json(sweep)
+        else:
+            typer.echo(f"sweep {sweep.id} {sweep.status}: {sweep.trials_started} trials started")
+        if watch:
+            follow_sweep(client, sweep.id, as_json)
+
+
+@sweeps.command("list")
+def sweeps_list(limit: int = typer.Option(20, min=1, help="the newest N"), as_json: bool = JSON) -> None:
+    """The team's sweeps, newest first."""
+    with connect() as client:
+        items = client.sweeps.list(limit=limit)
+    if as_json:
+        return display.print_json(items)
+    display.console().print(display.sweeps_table(items))
+
+
+@sweeps.command("show")
+def sweeps_show(sweep_id: str, as_json: bool = JSON) -> None:
+    """One sweep: status, trials by state, budget used, the best trial so far."""
+    with connect() as client:
+        sweep = client.sweeps.get(sweep_id)
+    if as_json:
+        return display.print_json(sweep)
+    display.show_sweep(display.console(), sweep)
+
+
+@sweeps.command("trials")
+def sweeps_trials(sweep_id: str, as_json: bool = JSON) -> None:
+    """The sweep's trials: state, objective, steps and hyperparameters of each (* marks the best)."""
+    with connect() as client:
+        sweep = client.sweeps.get(sweep_id)
+        items = client.sweeps.trials(sweep_id)
+    if as_json:
+        return display.print_json(items)
+    display.console().print(display.trials_table(sweep, items))
+
+
+@sweeps.command("cancel")
+def sweeps_cancel(sweep_id: str, as_json: bool = JSON) -> None:
+    """Cancel a sweep: no more trials; queued ones at once, running ones at their next step."""
+    with connect() as client:
+        sweep = client.sweeps.cancel(sweep_id)
+    if as_json:
+        return display.print_json(sweep)
+    typer.echo(f"sweep {sweep.id}: {sweep.status} ({display.counts_text(sweep)})")
+
+
+@sweeps.command("watch")
+def sweeps_watch(
+    sweep_id: str,
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="seconds between looks"),
+    as_json: bool = JSON,
+) -> None:
+    """Follow a sweep (trials by state, the best so far, steps used) until it ends, then show its trials and the
+    best trial's hyperparameters. Exits 3 when the sweep failed or was cancelled."""
+    with connect() as client:
+        follow_sweep(client, sweep_id, as_json, interval)
+
+
+def follow_sweep(client: Client, sweep_id: str, as_json: bool, interval: float = 2.0) -> Sweep:
+    """Watch until the sweep ends; the outcome is shown and a sweep that did not succeed exits 3."""
+    with display.SweepView(display.console(), as_json) as view:
+        sweep = client.sweeps.wait(sweep_id, on_progress=view.update, poll_interval=interval)
+    view.finished(sweep, client.sweeps.trials(sweep_id))
+    if sweep.status != "succeeded":
+        raise typer.Exit(JOB_NOT_SUCCEEDED)
+    return sweep
 
 
 # --- models, aliases, predict --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The client: `Client()` finds the service and key (see config.py), then `client.datasets`, `client.jobs`,
-`client.models`, `client.aliases`, `client.predict()` and `client.usage()` speak the REST API."""
+`client.models`, `client.aliases`, `client.sweeps`,
+`client.predict()` and `client.usage()` speak the REST API."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 from finetune_client.config import resolve
 from finetune_client.jobs import Jobs
 from finetune_client.resources import Resource, first
+from finetune_client.sweeps import Sweeps
 from finetune_client.transport import Transport
 from finetune_client.types import Alias, Dataset, Model, PredictResult, Usage
 
@@ -124,6 +126,7 @@ class Client(Resource):
         self.jobs = Jobs(transport)
         self.models = Models(transport)
         self.aliases = Aliases(transport)
+        self.sweeps = Sweeps(transport)
 
     def predict(
         self,

@@ -1,4 +1,4 @@
-"""How the CLI shows things to people: rich tables, the report's summary, and the live view of a job."""
+"""How the CLI shows things to people: rich tables, the report's summary, and the live views of a job and a sweep."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from finetune_client.types import ClassScores, Dataset, Job, Model, PredictResult, Report
+from finetune_client.types import ClassScores, Dataset, Job, Model, PredictResult, Report, Sweep, Trial
 from finetune_client.types import Progress as JobProgress
 
 
@@ -245,3 +246,141 @@ class JobView:
         self.out.print(f"[red]job {job.id} {job.status}[/red]{took}" + (f": {job.error}" if job.error else ""))
         for line in events:
             self.out.print(f"  {line}")
+
+
+# --- sweeps -----------------------------------------------------------------------------------------------------
+
+TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "failed", "cancelled", "rejected")
+
+
+def counts_text(sweep: Sweep) -> str:
+    """Trials by state in a fixed order: "running 1, succeeded 2, pruned 1"."""
+    order = [s for s in TRIAL_STATES if s in sweep.counts] + sorted(set(sweep.counts) - set(TRIAL_STATES))
+    return ", ".join(f"{state} {sweep.counts[state]}" for state in order) or "no trials yet"
+
+
+def objective_name(sweep: Sweep) -> str:
+    return str((sweep.spec.get("objective") or {}).get("metric", "objective"))
+
+
+def params_text(hyperparameters: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}" for k, v in
+                     hyperparameters.items())  # fmt: skip
+
+
+def best_text(sweep: Sweep) -> str:
+    best = sweep.best_trial
+    if best is None:
+        return "best: -"
+    return (
+        f"best: trial {best.number} {objective_name(sweep)} {best.objective:.4f} ({params_text(best.hyperparameters)})"
+    )
+
+
+def budget_text(sweep: Sweep) -> str:
+    used = sweep.budget_used
+    steps = f"{used.steps}/{used.steps_limit}" if used.steps_limit is not None else str(used.steps)
+    seconds = (
+        f"{used.seconds:.0f}/{used.seconds_limit:g} s" if used.seconds_limit is not None else f"{used.seconds:.0f} s"
+    )
+    return f"steps {steps}, {seconds}"
+
+
+def sweeps_table(sweeps: list[Sweep]) -> Table:
+    out = table("ID", "STATUS", "TRIALS", "BEST", "STEPS", "BASE MODEL", "AGE")
+    for s in sweeps:
+        best = f"{objective_name(s)}={s.best_trial.objective:.4f}" if s.best_trial else "-"
+        trials = f"{s.trials_started}/{s.spec.get('max_trials', '?')}"
+        out.add_row(s.id, s.status, trials, best, str(s.budget_used.steps), s.base_model, age(s.created_at))
+    return out
+
+
+def show_sweep(out: Console, s: Sweep) -> None:
+    fields = table("", "")
+    fields.show_header = False
+    spec = s.spec
+    objective = spec.get("objective") or {}
+    pruner = spec.get("pruner") or {}
+    rows = {
+        "id": s.id, "status": s.status, "dataset_id": s.dataset_id, "base_model": s.base_model,
+        "objective": f"{objective.get('direction', '')} {objective.get('metric', '')}".strip(),
+        "search": f"{spec.get('sampler')} sampler, {pruner.get('type')} pruner, seed {spec.get('seed')}",
+        "trials": f"{s.trials_started} started of {spec.get('max_trials')} ({spec.get('parallelism')} at once): "
+        f"{counts_text(s)}",
+        "budget used": budget_text(s), "stop_reason": s.stop_reason, "promoted_model_id": s.promoted_model_id,
+    }  # fmt: skip
+    for name, value in rows.items():
+        if value not in (None, ""):
+            fields.add_row(name, str(value))
+    for name in ("created_at", "finished_at"):
+        when = getattr(s, name)
+        if when is not None:
+            fields.add_row(name, f"{when:%Y-%m-%d %H:%M:%S} ({age(when)} ago)")
+    out.print(fields)
+    out.print("search space: " + ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in
+                                           (spec.get("search_space") or {}).items()))  # fmt: skip
+    out.print(best_text(s))
+
+
+def trials_table(sweep: Sweep | None, trials: list[Trial]) -> Table:
+    best = sweep.best_trial.number if sweep and sweep.best_trial else None
+    out = table("#", "STATUS", "OBJECTIVE", "STEPS", "HYPERPARAMETERS", "JOB", "MODEL")
+    for t in trials:
+        mark = " *" if t.number == best else ""
+        status = t.status + (f" ({t.error})" if t.error else "")
+        out.add_row(
+            f"{t.number}{mark}", status, number(t.objective), str(t.steps), params_text(t.hyperparameters),
+            t.job_id or "-", t.model_id or "-",
+        )  # fmt: skip
+    return out
+
+
+class SweepView:
+    """The live view of one sweep for `sweeps watch`: a line redrawn in place on a terminal (counts by state, the
+    best trial so far, steps used), one line per change elsewhere; or, with `as_json`, one JSON line per change."""
+
+    def __init__(self, out: Console, as_json: bool = False) -> None:
+        self.out, self.as_json = out, as_json
+        self.live: Live | None = None
+
+    def __enter__(self) -> SweepView:
+        if self.out.is_terminal and not self.as_json:
+            self.live = Live(console=self.out, auto_refresh=False, transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def line(self, sweep: Sweep) -> str:
+        return f"{sweep.id[:8]} {sweep.status:<9} {counts_text(sweep)} | {budget_text(sweep)} | {best_text(sweep)}"
+
+    def update(self, sweep: Sweep) -> None:
+        if self.as_json:
+            print(json.dumps({"type": "progress", "sweep": _plain(sweep)}), flush=True)
+        elif self.live is not None:
+            self.live.update(self.line(sweep), refresh=True)
+        else:
+            self.out.print(self.line(sweep), markup=False)
+
+    def finished(self, sweep: Sweep, trials: list[Trial]) -> None:
+        """The outcome: the trials, then the best trial's hyperparameters and objective."""
+        if self.as_json:
+            print(json.dumps({"type": "finished", "sweep": _plain(sweep), "trials": _plain(trials)}), flush=True)
+            return
+        took = ""
+        if sweep.created_at and sweep.finished_at:
+            took = f" in {(sweep.finished_at - sweep.created_at).total_seconds():.0f} s"
+        colour = "green" if sweep.status == "succeeded" else "red"
+        self.out.print(f"[{colour}]sweep {sweep.id} {sweep.status}[/{colour}]{took}: {sweep.stop_reason or ''}")
+        self.out.print(trials_table(sweep, trials))
+        best = sweep.best_trial
+        if best is None:
+            self.out.print("no trial completed")
+            return
+        self.out.print(
+            f"best trial {best.number}: {objective_name(sweep)} {best.objective:.4f}, model {best.model_id or '-'}"
+        )
+        for name, value in best.hyperparameters.items():
+            self.out.print(f"  {name} = {json.dumps(value)}", markup=False)

@@ -22,7 +22,7 @@ class ServiceUnreachable(FinetuneError):
 
 
 class WaitTimeout(FinetuneError, TimeoutError):
-    """`jobs.wait()` ran past its timeout; `job` is the last state seen."""
+    """`jobs.wait()` or `sweeps.wait()` ran past its timeout; `job` is the last state seen (the Job, or the Sweep)."""
 
     def __init__(self, message: str, job: Any) -> None:
         super().__init__(message)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
+SWEEP_TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ApiModel(BaseModel):
@@ -181,3 +182,57 @@ class Progress:
     job: Job
     metrics: dict[str, Metric] = field(default_factory=dict)
     last_event: Event | None = None
+
+
+class BestTrial(ApiModel):
+    number: int
+    job_id: str | None = None
+    model_id: str | None = None
+    hyperparameters: dict[str, Any] = {}
+    objective: float
+
+
+class BudgetUsed(ApiModel):
+    steps: int = 0
+    steps_limit: int | None = None
+    seconds: float = 0.0
+    seconds_limit: float | None = None
+
+
+class Sweep(ApiModel):
+    id: str
+    status: str
+    dataset_id: str | None = None
+    base_model: str = ""
+    spec: dict[str, Any] = {}  # the spec as the service holds it: search_space, objective, max_trials, budget, ...
+    trials_started: int = 0
+    counts: dict[str, int] = {}  # trials by state: queued, running, succeeded, pruned, failed, rejected, ...
+    best_trial: BestTrial | None = None
+    budget_used: BudgetUsed = BudgetUsed()
+    stop_reason: str | None = None
+    promoted_model_id: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, failed or cancelled: no trial will start or end any more."""
+        return self.status in SWEEP_TERMINAL_STATUSES
+
+
+class Trial(ApiModel):
+    number: int
+    job_id: str | None = None
+    status: str  # the job's status; rejected: the service refused the trial's spec (see error)
+    hyperparameters: dict[str, Any] = {}
+    objective: float | None = None
+    told: str | None = None  # what the study was told: complete, pruned or fail; None while it runs
+    steps: int = 0
+    model_id: str | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+
+
+class Importances(ApiModel):
+    completed_trials: int
+    importances: dict[str, float] = {}  # fANOVA importance of each searched hyperparameter, summing to 1

@@ -26,12 +26,12 @@ def image_records(per_class: int = 12) -> list[dict]:
     return records
 
 
-def build(models_dir: Path, augmentation: str):
+def build(models_dir: Path, augmentation: str, budget_bytes: int | None = None):
     from worker.training.setup import build_run
 
     hp = Hyperparameters(augmentation=augmentation, batch_size=8, epochs=1, seed=7)
     run, _ = build_run(
-        "image_classification", models_dir / "tiny-vit", LABELS, image_records(), hp, torch.device("cpu")
+        "image_classification", models_dir / "tiny-vit", LABELS, image_records(), hp, torch.device("cpu"), budget_bytes
     )
     return run
 
@@ -64,6 +64,15 @@ def test_augmentation_changes_training_batches_reproducibly(models_dir: Path, au
     state = torch.get_rng_state()
     training_batch(augmented, 0, 0)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_images_decoded_per_batch_are_augmented_alike(models_dir: Path):
+    """A dataset over the memory budget is decoded per batch; its augmented batches are the cached ones'."""
+    from app.tasktypes.image import DecodedPerBatch
+
+    cached, per_batch = build(models_dir, "trivial"), build(models_dir, "trivial", budget_bytes=1)
+    assert isinstance(per_batch.splits["train"].encoded, DecodedPerBatch)
+    assert torch.equal(training_batch(cached, 0, 1), training_batch(per_batch, 0, 1))
 
 
 def test_evaluation_batches_are_never_augmented(models_dir: Path):

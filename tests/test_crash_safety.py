@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from app.artifacts.layout import model_key
 from tests.conftest import running_service, wait_for_job, wait_for_step
-from tests.factories import text_csv, text_rows
+from tests.factories import image_zip, text_csv, text_rows
 from tests.stacks import private_stack
 
 FAST_LEASES = {
@@ -139,6 +139,35 @@ def test_sigkill_with_accumulation_weights_and_partial_freezing_resumes_bit_iden
     service.start_worker("worker-options")
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded" and job["attempt"] == 2, job["error"]
+    for name, tensor in _weights(service, reference).items():
+        assert _weights(service, job)[name].equal(tensor), name
+    series = client.get(f"/jobs/{job_id}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    ref = client.get(f"/jobs/{reference['id']}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    assert [(m["step"], m["value"]) for m in series] == [(m["step"], m["value"]) for m in ref]
+
+
+def test_sigkill_with_image_augmentation_resumes_bit_identically(crashy):
+    """Augmented batches are drawn from (seed, epoch, batch): the resumed job sees exactly the batches it would have."""
+    service, client, _ = crashy
+    upload = {"file": ("colors.zip", image_zip(per_class=150), "application/zip")}
+    dataset = client.post("/datasets", files=upload, data={"task": "image_classification"})
+    assert dataset.status_code == 201, dataset.text
+    # checkpoints every 7 steps of 30-batch epochs: each but the last is mid-epoch, wherever the kill lands
+    options = {"epochs": 2, "batch_size": 8, "eval_every_steps": 7, "early_stopping": None, "seed": 13,
+               "augmentation": "trivial"}  # fmt: skip
+    body = {"dataset_id": dataset.json()["id"], "base_model": "tiny-vit", "hyperparameters": options}
+    reference = wait_for_job(client, client.post("/jobs", json=body).json()["id"])
+    assert reference["status"] == "succeeded", reference["error"]
+    assert reference["total_steps"] == 60  # 30 batches an epoch
+    worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
+    job_id = client.post("/jobs", json=body).json()["id"]
+    assert wait_for_step(client, job_id, 9)["step"] < 49  # a checkpoint at 7, 14, ... 49: a resume mid-epoch
+    service.processes[worker].send_signal(signal.SIGKILL)
+    service.processes[worker].wait()
+    service.start_worker("worker-augment")
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["error"]
+    assert "resumed" in _kinds(client, job_id)
     for name, tensor in _weights(service, reference).items():
         assert _weights(service, job)[name].equal(tensor), name
     series = client.get(f"/jobs/{job_id}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]

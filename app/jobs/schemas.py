@@ -77,6 +77,13 @@ class Hyperparameters(BaseModel):
         "worker holds the activations of batch_size / steps examples only; steps, the scheduler and max_steps "
         "count optimizer steps",
     )
+    augmentation: Literal["none", "light", "trivial"] = Field(
+        "none",
+        description="image datasets only, training batches only (evaluation, the report and /predict never augment): "
+        '"light": a random resized crop (60-100% of the area) back to the image size and a random horizontal flip; '
+        '"trivial": light plus TrivialAugmentWide. Flips (and TrivialAugment\'s shears and rotations) can change '
+        'what digits or text in an image mean: keep "none" for those',
+    )
     strategy: Literal["auto", "full", "lp_ft", "head_only"] = Field(
         "auto",
         description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '

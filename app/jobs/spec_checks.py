@@ -35,6 +35,11 @@ def check_spec(
     _check_splits(dataset)
     _check_class_weights(hp, dataset)
     _check_trainable_layers(hp, base)
+    if hp.augmentation != "none" and task != TaskType.image_classification:
+        raise InvalidInput(
+            f"augmentation \"{hp.augmentation}\" applies to image datasets only and dataset '{dataset.name}' is "
+            f'{task.value}; set augmentation to "none" or leave it out'
+        )
     if task == TaskType.text_classification:
         positions = max_positions(base_config(base, store))
         if positions is not None and hp.max_length > positions:

@@ -12,6 +12,7 @@ from app.jobs.memory import decoded_image_bytes
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import TaskSpec
+from worker.training.augment import Augment
 
 SPLITS = ("train", "val", "test")
 
@@ -60,9 +61,14 @@ def batches(
     batch_size: int,
     order: torch.Tensor | None = None,
     start: int = 0,
+    augment: Augment | None = None,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(model inputs, labels) for each batch, in `order` (default: as stored), from batch number `start`."""
+    """(model inputs, labels) for each batch, in `order` (default: as stored), from batch number `start`; `augment`
+    (training only) transforms each batch's decoded images, given the batch number, before normalisation."""
     indices = order if order is not None else torch.arange(len(data))
-    for begin in range(start * batch_size, len(data), batch_size):
+    for number, begin in enumerate(range(start * batch_size, len(data), batch_size), start=start):
         idx = indices[begin : begin + batch_size].tolist()
-        yield spec.collate(processor, prep, spec.select(data.encoded, idx)), data.labels[idx]
+        selected = spec.select(data.encoded, idx)
+        if augment is not None:
+            selected = augment(selected, number)
+        yield spec.collate(processor, prep, selected), data.labels[idx]

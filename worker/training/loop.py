@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec
+from worker.training.augment import epoch_augmentation
 from worker.training.data import SplitData, batches, epoch_order
 from worker.training.evaluation import summary_metrics
 from worker.training.loss import normalizer, summed_loss
@@ -66,8 +67,9 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
     run.model.train()
     while s.step < run.total_steps and not s.stopped_early:
         order = epoch_order(len(run.splits["train"]), hp.seed, s.epoch)
+        augment = epoch_augmentation(hp.augmentation, run.prep.image_size, hp.seed, s.epoch)
         for inputs, labels in batches(
-            run.splits["train"], run.spec, run.processor, run.prep, hp.batch_size, order, start=s.batch_in_epoch
+            run.splits["train"], run.spec, run.processor, run.prep, hp.batch_size, order, s.batch_in_epoch, augment
         ):
             started = time.perf_counter()
             loss = train_step(run, inputs, labels)

@@ -48,6 +48,8 @@ def test_training_loss_is_the_weighted_smoothed_cross_entropy(models_dir: Path, 
         batch_size=8, max_length=16, epochs=1,
     )  # fmt: skip
     run, _ = build_run("text_classification", models_dir / "tiny-bert", LABELS, records, hp, torch.device("cpu"))
+    with torch.no_grad():  # a confident head: near-uniform logits (a fresh head's) would hide what smoothing does
+        run.model.classifier.weight.mul_(100)
     train = run.splits["train"]
     counts = torch.bincount(train.labels, minlength=2).double()  # 20 negative, 4 positive
     expected_weights = {

@@ -146,6 +146,17 @@ def text_dataset(service: Service, key: str) -> str:
     return answer.json()["id"]
 
 
+@pytest.fixture(scope="module")
+def cli_env(service: Service, key: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of the `finetune` client commands: the service's URL and team A's key; no config file."""
+    return {
+        "FINETUNE_URL": service.url,
+        "FINETUNE_API_KEY": key,
+        "FINETUNE_CONFIG": str(tmp_path_factory.mktemp("cli") / "absent.toml"),
+        "COLUMNS": "200",
+    }
+
+
 @pytest.fixture
 def client(service: Service, key: str) -> Iterator[httpx.Client]:
     with service.client(key) as c:

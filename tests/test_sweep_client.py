@@ -101,22 +101,12 @@ def test_wait_times_out_then_cancel_stops_the_sweep(sdk, text_dataset):
 
 
 @pytest.fixture(scope="module")
-def env(service, key, tmp_path_factory):
-    return {
-        "FINETUNE_URL": service.url,
-        "FINETUNE_API_KEY": key,
-        "FINETUNE_CONFIG": str(tmp_path_factory.mktemp("cli") / "absent.toml"),
-        "COLUMNS": "200",
-    }
-
-
-@pytest.fixture(scope="module")
-def watched(env, text_dataset, tmp_path_factory):
+def watched(cli_env, text_dataset, tmp_path_factory):
     """`sweeps create --space @file --watch --json`: 2 trials of 6 steps; one JSON object per line."""
     space = tmp_path_factory.mktemp("space") / "space.json"
     space.write_text(json.dumps(GOOD_RATES))
     result = finetune(
-        env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space", f"@{space}",
+        cli_env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space", f"@{space}",
         "--hyperparameters", json.dumps({**FIXED, "max_steps": 6}), "--hp", "eval_every_steps=3",
         "--max-trials", "2", "--parallelism", "1", "--sampler", "grid", "--pruner", "none", "--watch", "--json",
     )  # fmt: skip
@@ -136,39 +126,41 @@ def test_sweeps_create_watch_json_ends_with_the_trials_and_the_best(watched):
     assert finished["sweep"]["best_trial"]["number"] == best["number"]
 
 
-def test_sweeps_list_show_trials_and_watch_of_an_ended_sweep(env, watched):
+def test_sweeps_list_show_trials_and_watch_of_an_ended_sweep(cli_env, watched):
     sweep = watched[-1]["sweep"]
     best = sweep["best_trial"]
-    assert sweep["id"] in [s["id"] for s in as_json(env, "sweeps", "list")]
-    assert as_json(env, "sweeps", "show", sweep["id"])["best_trial"] == best
-    assert [t["number"] for t in as_json(env, "sweeps", "trials", sweep["id"])] == [0, 1]
-    listed = finetune(env, "sweeps", "list", "--limit", "5").stdout
+    assert sweep["id"] in [s["id"] for s in as_json(cli_env, "sweeps", "list")]
+    assert as_json(cli_env, "sweeps", "show", sweep["id"])["best_trial"] == best
+    assert [t["number"] for t in as_json(cli_env, "sweeps", "trials", sweep["id"])] == [0, 1]
+    listed = finetune(cli_env, "sweeps", "list", "--limit", "5").stdout
     assert sweep["id"] in listed and "TRIALS" in listed and "2/2" in listed
-    shown = finetune(env, "sweeps", "show", sweep["id"]).stdout
+    shown = finetune(cli_env, "sweeps", "show", sweep["id"]).stdout
     assert "grid sampler, none pruner" in shown and "succeeded 2" in shown and "steps 12" in shown
     assert f"best: trial {best['number']} val_accuracy {best['objective']:.4f}" in shown
-    table = finetune(env, "sweeps", "trials", sweep["id"]).stdout
+    table = finetune(cli_env, "sweeps", "trials", sweep["id"]).stdout
     assert f"{best['number']} *" in table and "learning_rate=0.005" in table and "learning_rate=0.01" in table
-    watched_text = finetune(env, "sweeps", "watch", sweep["id"]).stdout
+    watched_text = finetune(cli_env, "sweeps", "watch", sweep["id"]).stdout
     lines = watched_text.strip().splitlines()
     assert f"sweep {sweep['id']} succeeded" in watched_text and "succeeded 2" in watched_text
     assert lines[-2] == f"best trial {best['number']}: val_accuracy {best['objective']:.4f}, model {best['model_id']}"
     assert lines[-1] == f"  learning_rate = {json.dumps(best['hyperparameters']['learning_rate'])}"
 
 
-def test_sweeps_cancel_then_watch_exits_3_and_errors_exit_1_or_2(env, text_dataset):
+def test_sweeps_cancel_then_watch_exits_3_and_errors_exit_1_or_2(cli_env, text_dataset):
     created = as_json(
-        env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space", json.dumps(GOOD_RATES),
+        cli_env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space", json.dumps(GOOD_RATES),
         "--hp", "epochs=500", "--hp", "max_length=16", "--max-trials", "3", "--parallelism", "1",
     )  # fmt: skip
-    said = finetune(env, "sweeps", "cancel", created["id"]).stdout
+    said = finetune(cli_env, "sweeps", "cancel", created["id"]).stdout
     assert said.startswith(f"sweep {created['id']}: cancelled (")
-    out = finetune(env, "sweeps", "watch", created["id"], "--interval", "0.3", code=3).stdout
+    out = finetune(cli_env, "sweeps", "watch", created["id"], "--interval", "0.3", code=3).stdout
     assert f"sweep {created['id']} cancelled" in out and "cancelled" in out and "no trial completed" in out
-    missing = finetune(env, "sweeps", "show", "nope", code=1)
+    missing = finetune(cli_env, "sweeps", "show", "nope", code=1)
     assert "error: 404 Not found: No sweep 'nope'" in missing.stderr
-    bad = finetune(env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space",
+    bad = finetune(cli_env, "sweeps", "create", "-d", text_dataset, "-m", "tiny-bert", "--space",
                    '{"learning_rat": {"type": "uniform", "low": 0, "high": 1}}', code=1)  # fmt: skip
     assert "error: 422" in bad.stderr and "search_space.learning_rat" in bad.stderr
-    assert "not JSON" in finetune(env, "sweeps", "create", "-d", "x", "-m", "m", "--space", "{", code=2).stderr
-    assert "cannot read" in finetune(env, "sweeps", "create", "-d", "x", "-m", "m", "--space", "@/nope", code=2).stderr
+    assert "not JSON" in finetune(cli_env, "sweeps", "create", "-d", "x", "-m", "m", "--space", "{", code=2).stderr
+    assert (
+        "cannot read" in finetune(cli_env, "sweeps", "create", "-d", "x", "-m", "m", "--space", "@/nope", code=2).stderr
+    )

@@ -54,8 +54,9 @@ def create_job(
     )
     on_created(job)
     session.commit()
-    lifecycle.dispatch(session, job.id, send)
     session.refresh(job)
+    session.expunge(job)  # the answer is the job as submitted (queued), as a replay answers, though a worker may
+    lifecycle.dispatch(session, job.id, send)  # claim it before this request returns
     return job
 
 

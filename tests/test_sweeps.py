@@ -127,9 +127,18 @@ def test_six_trials_two_at_a_time_prune_the_hopeless_and_find_the_best(sweeps):
         if expected == TrialState.COMPLETE:
             assert told[trial["number"]].value == trial["objective"]
 
-    # The four completed trials all scored 1.0: nothing to attribute.
+    # Importances need completed trials whose scores differ; tiny models often all score 1.0, nothing to attribute.
     importances = client.get(f"/sweeps/{sweep['id']}/importances")
-    assert importances.status_code == 409 and "all 4 completed trials scored 1.0" in importances.json()["detail"]
+    scores = {t["objective"] for t in completed}
+    if len(scores) == 1:
+        assert importances.status_code == 409, importances.text
+        assert f"all {len(completed)} completed trials scored {scores.pop()}" in importances.json()["detail"]
+    else:
+        assert importances.status_code == 200, importances.text
+        answer = importances.json()
+        assert answer["completed_trials"] == len(completed)
+        assert answer["importances"] and set(answer["importances"]) <= {"learning_rate", "seed"}
+        assert sum(answer["importances"].values()) == pytest.approx(1.0)
 
 
 def test_cancel_stops_queued_and_running_trials_and_starts_no_more(sweeps):

@@ -24,7 +24,7 @@ TEXT, IMAGE = TaskType.text_classification, TaskType.image_classification
         (TEXT, {"optimizer": "sgd"}, {"learning_rate": 1e-3}),
         (
             IMAGE,
-            {"learning_rate": 3e-4, "lr_scheduler": "constant", "epochs": 2, "strategy": "full"},
+            {"learning_rate": 3e-4, "lr_scheduler": "constant", "epochs": 2, "strategy": "full", "batch_size": 32},
             {"learning_rate": 3e-4, "lr_scheduler": "constant", "epochs": 2, "strategy": "full", "auto": {}},
         ),
     ],
@@ -33,7 +33,27 @@ def test_task_defaults_fill_only_what_the_user_left_out(task, given, expected):
     filled = apply_defaults(Hyperparameters.model_validate(given), task, train_rows=5000)
     assert {k: getattr(filled, k) for k in expected} == expected
     assert apply_defaults(filled, task, train_rows=5000) == filled  # idempotent: the worker applies them again
-    assert filled.batch_size == 32 and filled.weight_decay == 0.01
+    assert filled.batch_size == TASK_DEFAULTS[task]["batch_size"] and filled.weight_decay == 0.01
+    assert filled.batch_size == (16 if task == TEXT else 32)
+
+
+@pytest.mark.parametrize(
+    ("task", "given", "batch", "why"),
+    [
+        (TEXT, {}, 16, "16: the default for text classification"),
+        (IMAGE, {}, 32, "32: the default for image classification"),
+        (TEXT, {"gradient_accumulation_steps": 4}, 16, "16: the default"),
+        (TEXT, {"gradient_accumulation_steps": 3}, 18, "rounded up to a multiple of gradient_accumulation_steps 3"),
+        (TEXT, {"batch_size": 8}, 8, None),
+    ],
+)
+def test_batch_size_is_the_tasks_unless_given_and_always_splits_into_the_micro_batches(task, given, batch, why):
+    filled = apply_defaults(Hyperparameters.model_validate(given), task, train_rows=1000)
+    assert filled.batch_size == batch and batch % filled.gradient_accumulation_steps == 0
+    assert (why is None) == ("batch_size" not in filled.auto)
+    if why:
+        assert why in filled.auto["batch_size"]
+    assert f"batch {batch})" in filled.auto["epochs"]  # epochs were counted in batches of the chosen size
 
 
 @pytest.mark.parametrize("task", [TEXT, IMAGE])
@@ -51,10 +71,10 @@ def test_auto_epochs_reach_enough_steps_without_overdoing_large_sets(task, rows,
 
 def test_auto_choices_for_small_and_large_sets_are_stored_with_their_reason():
     small = apply_defaults(Hyperparameters(), TEXT, train_rows=530)
-    assert small.epochs == auto_epochs(TEXT, 530, 32)[0] > TASK_DEFAULTS[TEXT]["epochs"]  # more than a large set gets
+    assert small.epochs == auto_epochs(TEXT, 530, 16)[0] > TASK_DEFAULTS[TEXT]["epochs"]  # more than a large set gets
     assert small.strategy == "full" and "lp_ft" in small.auto["strategy"]
     assert "530 training examples" in small.auto["epochs"]
-    assert small.eval_every_steps == math.ceil(small.epochs * math.ceil(530 / 32) / 10)  # ~10 evaluations, not 15
+    assert small.eval_every_steps == math.ceil(small.epochs * math.ceil(530 / 16) / 10)  # ~10 evaluations, not 16
     assert apply_defaults(Hyperparameters(eval_every_steps=7), TEXT, train_rows=530).eval_every_steps == 7
     large = apply_defaults(Hyperparameters(), IMAGE, train_rows=50_000)
     assert large.epochs == TASK_DEFAULTS[IMAGE]["epochs"] and large.strategy == "full"

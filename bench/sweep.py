@@ -1,7 +1,7 @@
 """A sweep with pruning against the same trials without pruning, side by side, on the real service and real data.
 
-    python bench/sweep.py [--train 500] [--val 200] [--test 500] [--trials 8] [--epochs 3] [--pruner asha]
-                          [--seed 0] [--out var/bench/sweep.jsonl]
+    python bench/sweep.py [--train 300] [--val 200] [--test 500] [--trials 8] [--epochs 10] [--batch 16]
+                          [--pruner asha] [--seed 0] [--out var/bench/sweep.jsonl]
 
 MiniLM-L6 on Rotten Tomatoes fresh/rotten (bench/_common.py builds both under var/bench, offline), 64 tokens. The
 service runs as users run it (`finetune up`: the API and one worker, SQLite); through its API the bench
@@ -10,8 +10,9 @@ service runs as users run it (`finetune up`: the API and one worker, SQLite); th
   3. the same sweep with pruner "none".
 Both sweeps use the random sampler with the same seed, which proposes the same hyperparameters in the same order
 whatever the earlier trials scored: the same trials, with and without pruning. Trials run one at a time (parallelism
-1) so wall times compare. The space: learning rate log-uniform over 1e-6..3e-4 (its low end barely moves MiniLM in
-a few epochs) and warm-up ratio 0..0.2.
+1) so wall times compare, at the text default's batch (16), evaluated twice an epoch (the pruner's rungs). The space:
+learning rate log-uniform over 3e-6..1e-3 (its low end barely moves MiniLM in a few epochs, its high end can
+diverge: trials worth pruning) and warm-up ratio 0..0.2.
 
 Printed (and appended to --out as JSON lines): per sweep, trials by state, optimizer steps of all trials, wall time,
 the best trial's validation objective and its model's test accuracy (from its job's report); the defaults job's.
@@ -50,7 +51,7 @@ def dataset_csv(train: int, val: int, test: int, seed: int) -> bytes:
 
 
 def sweep_spec(dataset_id: str, args: argparse.Namespace, pruner: str) -> dict:
-    steps_per_epoch = -(-args.train // 32)
+    steps_per_epoch = -(-args.train // args.batch)
     pruning = {"type": pruner}
     if pruner == "median":
         pruning.update(warmup_steps=steps_per_epoch // 2, startup_trials=2)
@@ -60,11 +61,11 @@ def sweep_spec(dataset_id: str, args: argparse.Namespace, pruner: str) -> dict:
         "dataset_id": dataset_id,
         "base_model": C.MINILM,
         "hyperparameters": {
-            "max_length": MAX_LENGTH, "epochs": args.epochs, "batch_size": 32,
-            "eval_every_steps": max(1, steps_per_epoch // 4), "early_stopping": None,
+            "max_length": MAX_LENGTH, "epochs": args.epochs, "batch_size": args.batch,
+            "eval_every_steps": max(1, steps_per_epoch // 2), "early_stopping": None,
         },
         "search_space": {
-            "learning_rate": {"type": "log_uniform", "low": 1e-6, "high": 3e-4},
+            "learning_rate": {"type": "log_uniform", "low": 3e-6, "high": 1e-3},
             "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
         },
         "objective": {"metric": "val_accuracy"},
@@ -114,11 +115,12 @@ def run_sweep(client, spec: dict, timeout: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=500)
+    parser.add_argument("--train", type=int, default=300)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16, help="every trial's batch (the text default)")
     parser.add_argument("--pruner", choices=["asha", "hyperband", "median"], default="asha")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=6 * 3600)

@@ -44,7 +44,7 @@ def training_batch(run, epoch: int, batch: int) -> torch.Tensor:
     hp, train = run.hp, run.splits["train"]
     augment = epoch_augmentation(hp.augmentation, run.prep.image_size, hp.seed, epoch)
     order = epoch_order(len(train), hp.seed, epoch)
-    inputs, _ = next(batches(train, run.spec, run.processor, run.prep, hp.batch_size, order, batch, augment))
+    inputs, _ = next(batches(train, run.spec, run.processor, run.prep, run.batch_size, order, batch, augment))
     return inputs["pixel_values"]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import InvalidInput
+from app.jobs.defaults import TASK_DEFAULTS
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.image import DEFAULT_IMAGE_SIZE
 from app.tasktypes.types import TaskType
@@ -140,7 +141,7 @@ def image_side(hp: Hyperparameters, model: ModelShape | None) -> int:
 def _activations(task: TaskType, hp: Hyperparameters, model: ModelShape, sequence: int | None) -> int | None:
     """One micro-batch's activations kept for the backward pass (rough: a published formula for transformers, a
     multiple of the input for convolutional networks); with gradient accumulation a micro-batch is a part of a batch."""
-    rows = hp.batch_size // hp.gradient_accumulation_steps
+    rows = (hp.batch_size or TASK_DEFAULTS[task]["batch_size"]) // hp.gradient_accumulation_steps
     if task == TaskType.image_classification:
         side = image_side(hp, model)
         if model.patch_size:

@@ -57,6 +57,12 @@ class Run:
     class_weights: torch.Tensor | None = None  # per label index, on `device`; None: all classes weigh 1
 
     @property
+    def batch_size(self) -> int:
+        """The batch decided for this job (apply_defaults fills a left-out one before a Run exists)."""
+        assert self.hp.batch_size is not None, "apply_defaults decides it"
+        return self.hp.batch_size
+
+    @property
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -69,7 +75,7 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
         order = epoch_order(len(run.splits["train"]), hp.seed, s.epoch)
         augment = epoch_augmentation(hp.augmentation, run.prep.image_size, hp.seed, s.epoch)
         for inputs, labels in batches(
-            run.splits["train"], run.spec, run.processor, run.prep, hp.batch_size, order, s.batch_in_epoch, augment
+            run.splits["train"], run.spec, run.processor, run.prep, run.batch_size, order, s.batch_in_epoch, augment
         ):
             started = time.perf_counter()
             loss = train_step(run, inputs, labels)
@@ -130,7 +136,7 @@ def evaluate(run: Run, split: str) -> tuple[float, np.ndarray, np.ndarray]:
     total_loss, seen, predictions = 0.0, 0, []
     try:
         data = run.splits[split]
-        for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.hp.batch_size, 64)):
+        for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
             labels = labels.to(run.device)
             with autocast(run.device):
                 logits = run.model(**to_device(inputs, run.device)).logits.float()

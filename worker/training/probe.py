@@ -93,7 +93,7 @@ def frozen_features(run: Run) -> Features:
         for split, data in run.splits.items():
             rows: list[torch.Tensor] = []
             captured.clear()
-            for inputs, _ in batches(data, run.spec, run.processor, run.prep, max(run.hp.batch_size, 64)):
+            for inputs, _ in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
                 inputs = to_device(inputs, run.device)
                 with autocast(run.device):
                     out = run.model(**inputs, output_hidden_states=text)

@@ -47,7 +47,9 @@ def build_run(
     prep = spec.make_preprocessing(processor, labels, hp)
     splits = prepare_splits(records, spec, processor, prep, data_budget_bytes)
     hp = apply_defaults(hp, task, len(splits["train"]))
-    assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler, "apply_defaults decides these"
+    assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler and hp.batch_size, (
+        "apply_defaults decides"
+    )
     model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
     if isinstance(splits["train"].encoded, DecodedPerBatch):
         notes.append(

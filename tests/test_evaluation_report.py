@@ -18,8 +18,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
 
 from app.artifacts.layout import dataset_key, model_key, read_dataset
+from app.cli import cli
+from finetune_client import Client
 from tests.conftest import wait_for_job
 from tests.factories import COLORS, image_bytes, text_rows
 from worker.training.evaluation import actionable_evaluation
@@ -257,6 +260,28 @@ def test_another_teams_checkpoint_report_is_not_found(service, other_key, text_j
             other.post("/predict", json={"model": job["model_id"], "texts": ["good"], "calibrated": True}).status_code
             == 404
         )
+
+
+def test_the_python_client_and_the_cli(service, key, cli_env, text_job):
+    job, _ = text_job
+    with Client(service.url, key) as api:
+        report = api.jobs.report(job["id"], checkpoint=60)
+        assert report.checkpoint is not None and report.checkpoint["step"] == 60
+        assert report.calibration is not None and len(report.calibration.bins) == 15
+        assert report.misclassified and report.misclassified[0].text
+        best = api.jobs.report(job["id"])
+        raw = api.predict(["good film"], model=job["model_id"], top_k=2)
+        calibrated = api.predict(["good film"], model=job["model_id"], top_k=2, calibrated=True)
+    assert raw.temperature is None and calibrated.temperature == best.calibration.temperature
+    assert [p.score for p in raw.predictions[0]] != [p.score for p in calibrated.predictions[0]]
+    result = CliRunner().invoke(cli, ["jobs", "report", job["id"], "--checkpoint", "60"], env=cli_env)
+    assert result.exit_code == 0, result.output
+    assert "expected calibration error" in result.output and "most confident mistakes" in result.output
+    answer = CliRunner().invoke(
+        cli, ["predict", "--model", job["model_id"], "--calibrated", "--json", "good film"], env=cli_env
+    )
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.stdout)["temperature"] == best.calibration.temperature
 
 
 def _poll(client: httpx.Client, url: str, timeout: float = 180) -> dict:

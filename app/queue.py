@@ -7,6 +7,7 @@ from celery import Celery
 from app.config import Settings
 
 TRAIN_TASK = "finetune.train"
+CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the training queue: it needs a worker's model and data
 TRAINING_QUEUE = "training"
 # Longer than any job: a message is redelivered only if its worker died without acking.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -21,7 +22,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}, CHECKPOINT_REPORT_TASK: {"queue": TRAINING_QUEUE}},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -34,3 +35,8 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue_training(celery: Celery, job_id: str) -> None:
     """Send the job id (never an ORM object); call only after the job row is committed."""
     celery.send_task(TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE)
+
+
+def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str) -> None:
+    """Ask a worker for a checkpoint's evaluation report (see app/jobs/checkpoint_reports.py); after the commit."""
+    celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=TRAINING_QUEUE)

@@ -235,10 +235,15 @@ def jobs_cancel(job_id: str, as_json: bool = JSON) -> None:
 
 
 @jobs.command("report")
-def jobs_report(job_id: str, as_json: bool = JSON) -> None:
-    """The evaluation on the test split: accuracy and macro-F1 beside the baselines, per class, confusion matrix."""
+def jobs_report(
+    job_id: str,
+    checkpoint: str = typer.Option(None, "--checkpoint", help="another checkpoint's (an id or a step); waits for it"),
+    as_json: bool = JSON,
+) -> None:
+    """The evaluation on the test split: accuracy and macro-F1 beside the baselines, per class, confusion matrix,
+    calibration, the most-confused pairs and the most confident mistakes."""
     with connect() as client:
-        report = client.jobs.report(job_id)
+        report = client.jobs.report(job_id, checkpoint)
     if as_json:
         return display.print_json(report)
     display.show_report(display.console(), report)
@@ -428,6 +433,7 @@ def predict(
     ] = None,
     model: str = typer.Option(None, "--model", help="a model id or alias (default: the alias production)"),
     top_k: int = typer.Option(1, "--top-k", min=1, help="labels per input"),
+    calibrated: bool = typer.Option(False, "--calibrated", help="scores scaled by the model's fitted temperature"),
     as_json: bool = JSON,
 ) -> None:
     """Classify texts (arguments) or images (--image)."""
@@ -435,9 +441,9 @@ def predict(
         raise typer.BadParameter("give texts or --image files (one kind)")
     with connect() as client:
         if texts:
-            result = client.predict(texts, model=model, top_k=top_k)
+            result = client.predict(texts, model=model, top_k=top_k, calibrated=calibrated)
         else:
-            result = client.predict(images=image or [], model=model, top_k=top_k)
+            result = client.predict(images=image or [], model=model, top_k=top_k, calibrated=calibrated)
     if as_json:
         return display.print_json(result)
     inputs = list(texts) if texts else [str(p) for p in image or []]

@@ -135,12 +135,16 @@ class Client(Resource):
         *,
         model: str | None = None,
         top_k: int = 1,
+        calibrated: bool = False,
     ) -> PredictResult:
         """Top-k labels for each text, or each image (paths or bytes), from `model` (a model id or an alias;
-        default: the alias "production")."""
+        default: the alias "production"); `calibrated`: scores scaled by the temperature fitted on the model's
+        validation split."""
         if (texts is None) == (images is None):
             raise ValueError("pass texts or images (one of them)")
         body: dict[str, Any] = {"top_k": top_k}
+        if calibrated:
+            body["calibrated"] = True
         if model is not None:
             body["model"] = model
         if texts is not None:

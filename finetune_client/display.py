@@ -157,6 +157,27 @@ def show_report(out: Console, report: Report) -> None:
         for label, row in zip(labels, report.confusion_matrix.matrix, strict=True):
             matrix.add_row(label, *(str(n) for n in row))
         out.print(matrix)
+    show_mistakes(out, report)
+
+
+def show_mistakes(out: Console, report: Report, shown: int = 5) -> None:
+    """Calibration in one line, the most-confused pairs and the most confident mistakes."""
+    c = report.calibration
+    if c is not None and c.ece is not None:
+        after = f", {number(c.ece_calibrated, 3)} at temperature {number(c.temperature, 3)}" if c.temperature else ""
+        out.print(f"expected calibration error {number(c.ece, 3)}{after}")
+    if report.confused_pairs:
+        pairs = table("TRUE", "PREDICTED", "COUNT", title="most confused")
+        for p in report.confused_pairs[:shown]:
+            pairs.add_row(p.true_label, p.predicted_label, str(p.count))
+        out.print(pairs)
+    if report.misclassified:
+        mistakes = table("#", "TRUE", "PREDICTED", "SCORE", "EXAMPLE", title="most confident mistakes")
+        for m in report.misclassified[:shown]:
+            example = m.text if m.text is not None else (m.image_url or "")
+            example = example if len(example) <= 60 else example[:57] + "..."
+            mistakes.add_row(str(m.index), m.true_label, m.predicted_label, number(m.score, 3), example)
+        out.print(mistakes)
 
 
 def models_table(models: list[Model], aliases: dict[str, list[str]]) -> Table:

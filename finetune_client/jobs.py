@@ -21,6 +21,7 @@ from finetune_client.transport import Transport
 from finetune_client.types import Checkpoint, Event, Job, Metric, Progress, Report, StreamMessage
 
 log = logging.getLogger("finetune_client")
+REPORT_POLL_S = 1.0  # how often report(checkpoint=...) asks whether the checkpoint's report is ready
 PAYLOADS: dict[str, type[Job] | type[Metric] | type[Event]] = {
     "status": Job, "end": Job, "metric": Metric, "event": Event,
 }  # fmt: skip
@@ -77,9 +78,22 @@ class Jobs(Resource):
     def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         return [Checkpoint.model_validate(c) for c in self._call("GET", f"/jobs/{job_id}/checkpoints")]
 
-    def report(self, job_id: str) -> Report:
-        """The evaluation on the test split (a NotFound until the job has succeeded)."""
-        return Report.model_validate(self._call("GET", f"/jobs/{job_id}/report"))
+    def report(self, job_id: str, checkpoint: str | int | None = None, *, timeout: float = 600.0) -> Report:
+        """The evaluation on the test split (a NotFound until the job has succeeded). With `checkpoint` (an id or a
+        step), that checkpoint's: a worker computes it on the first request, and this waits for it (WaitTimeout
+        after `timeout` seconds)."""
+        if checkpoint is None:
+            return Report.model_validate(self._call("GET", f"/jobs/{job_id}/report"))
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self._call("GET", f"/jobs/{job_id}/report", params={"checkpoint": str(checkpoint)})
+            if "poll" not in body:
+                return Report.model_validate(body)
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"the report of checkpoint {checkpoint} was still {body['status']} after {timeout:.0f} s", body
+                )
+            time.sleep(REPORT_POLL_S)
 
     def stream(
         self, job_id: str, *, last_event_id: str | None = None, heartbeats: bool = False

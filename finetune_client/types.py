@@ -99,6 +99,37 @@ class ConfusionMatrix(ApiModel):
     matrix: list[list[int]]  # rows: true label, columns: predicted label
 
 
+class Calibration(ApiModel):
+    """Expected calibration error over 15 confidence bins (reliability diagram), before and after dividing the
+    logits by the temperature fitted on the validation split (what predict(calibrated=True) applies)."""
+
+    ece: float | None = None
+    bins: list[dict[str, Any]] = []  # lower, upper, count, confidence, accuracy
+    temperature: float | None = None
+    ece_calibrated: float | None = None
+    bins_calibrated: list[dict[str, Any]] | None = None
+
+
+class ConfusedPair(ApiModel):
+    true_label: str
+    predicted_label: str
+    count: int
+
+
+class Mistake(ApiModel):
+    """A misclassified test example: its position in the split, the labels and their scores, and a `text` snippet
+    or an `image_url` (GET it with the client's key)."""
+
+    index: int
+    true_label: str
+    predicted_label: str
+    score: float
+    true_label_score: float
+    text: str | None = None
+    image: str | None = None
+    image_url: str | None = None
+
+
 class Report(ApiModel):
     """The evaluation of the best checkpoint on the test split, with the baselines on the same splits."""
 
@@ -116,6 +147,11 @@ class Report(ApiModel):
     baselines: dict[str, dict[str, Any]] = {}  # majority_class, linear_probe: accuracy, macro_f1, ...
     compared_to_baselines: dict[str, float] = {}  # accuracy_over_majority_class, accuracy_over_linear_probe, ...
     below_baseline: bool = False
+    calibration: Calibration | None = None
+    confused_pairs: list[ConfusedPair] = []  # the most frequent mistakes, most frequent first
+    misclassified: list[Mistake] = []  # the most confident mistakes first
+    thresholds: dict[str, Any] | None = None  # two classes: positive_label, points (threshold, precision, recall)
+    checkpoint: dict[str, Any] | None = None  # a checkpoint's report: id, step, epoch, is_best
 
 
 class Model(ApiModel):
@@ -144,6 +180,7 @@ class Prediction(ApiModel):
 class PredictResult(ApiModel):
     model_id: str
     predictions: list[list[Prediction]]  # one top-k list per input, best first
+    temperature: float | None = None  # the temperature that scaled the logits (calibrated requests)
 
 
 class Amount(ApiModel):

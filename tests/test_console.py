@@ -151,6 +151,13 @@ def test_finished_job_shows_confusion_matrix_and_per_class_table(page: Page, ser
     ]
     assert page.inner_text("#report-accuracy") == f"{100 * report['accuracy']:.1f}%"
     assert "majority class" in page.inner_text("#baselines")
+    assert page.get_attribute("[data-testid=reliability]", "data-bins") == "15"
+    drawn = page.locator("[data-testid=reliability] .reliability-bar").evaluate_all(
+        "bars => bars.map(b => +b.dataset.count)"
+    )
+    assert drawn == [b["count"] for b in report["calibration"]["bins"] if b["count"]]
+    assert page.locator("#confused-pairs tbody tr").count() == min(10, len(report["confused_pairs"]))
+    assert page.locator("#misclassified tbody tr").count() == min(8, len(report["misclassified"]))
     page.wait_for_selector("#checkpoints tr[data-step]")
     assert _points(page, "#chart-loss") > 0  # a finished job's stream replays its backlog
     page.screenshot(path=str(shots / "job-report.png"), full_page=True)

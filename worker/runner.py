@@ -25,14 +25,15 @@ from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, P
 from app.processes import worker_identity
 from app.registry.service import register_model
 from app.sweeps.study import TrialReporter
+from app.tasktypes.calibration import save_temperature
 from worker.checkpoints import CheckpointWriter, resume_latest
 from worker.context import JobContext
 from worker.db_retry import retrying
 from worker.hooks import DbHooks, Heartbeat
+from worker.reports import evaluation_report, example_references
 from worker.sweep_trials import after_trial, open_trial
 from worker.training.checkpoint import load_weights
-from worker.training.evaluation import classification_summary
-from worker.training.loop import Run, evaluate, fit
+from worker.training.loop import Run, fit
 from worker.training.probe import baselines_and_head_start
 from worker.verdict import compare_with_baselines, describe_baselines, model_metrics, verdict_on_baselines
 
@@ -105,6 +106,7 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
     hp = spec.hyperparameters
     base_path = spec.base_model.local_folder(ctx.store)
     records = read_dataset(ctx.store, spec.dataset_key)
+    references = example_references(records, spec.dataset_id)
     try:
         budget = ctx.settings.job_memory_budget_mb * MB
         run, notes = build_run(spec.task, base_path, spec.labels, records, hp, pick_device(), budget)
@@ -127,32 +129,34 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
         hooks.event(
             "early_stopped", f"early stopping at step {state.step}: {hp.early_stopping.metric} stopped improving"
         )
-    report = test_best(run, ctx.store)
+    report = test_best(run, ctx.store, references)
     report.update(strategy=run.hp.strategy, **compare_with_baselines(report, baselines, state.top_val_accuracy))
     kind, verdict = verdict_on_baselines(report)
     hooks.event(kind, verdict)
-    model_id = export_model(run, ctx)
+    model_id = export_model(run, ctx, report["calibration"])
     ctx.transact("model registration", lambda session: _register(session, ctx, spec, model_id, report))
 
 
-def test_best(run: Run, store: ArtifactStore) -> dict:
-    """Load the best checkpoint's weights and write the full report on the test split."""
+def test_best(run: Run, store: ArtifactStore, references: dict[str, list[dict]]) -> dict:
+    """Load the best checkpoint's weights and write the full report on the test split (worker/reports.py)."""
     if run.state.best_checkpoint:
         load_weights(store.local_dir(run.state.best_checkpoint), run.model)
-    split = "test" if len(run.splits["test"]) else "val"
-    loss, labels, predicted = evaluate(run, split)
-    report = classification_summary(labels, predicted, run.prep.labels, loss)
-    report.update(split=split, best_step=run.state.best_step, steps_trained=run.state.step)
+    report = evaluation_report(run, references)
+    report.update(best_step=run.state.best_step, steps_trained=run.state.step)
     return report
 
 
-def export_model(run: Run, ctx: JobContext) -> str:
-    """Save the model in Hugging Face format (config with id2label, safetensors, processor) to the store."""
+def export_model(run: Run, ctx: JobContext, calibration: dict) -> str:
+    """Save the model in Hugging Face format (config with id2label, safetensors, processor) to the store, with the
+    temperature fitted on the validation split (`calibration`, the report's) in calibration.json."""
     model_id = new_id()
     folder = _export_folder(ctx)
     run.model.save_pretrained(str(folder), safe_serialization=True)
     run.spec.save_processor(run.processor, folder, run.prep)
     run.prep.save(folder)
+    if calibration["temperature"] is not None:
+        c = calibration
+        save_temperature(folder, c["temperature"], c["temperature_fitted_on"], c["ece"], c["ece_calibrated"])
     ctx.store.put_dir(folder, model_key(model_id))
     return model_id
 

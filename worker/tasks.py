@@ -14,10 +14,11 @@ from app.artifacts.store import ArtifactStore
 from app.config import get_settings
 from app.db import Database
 from app.jobs.reaper import reap
-from app.queue import TRAIN_TASK, enqueue_training
+from app.queue import CHECKPOINT_REPORT_TASK, TRAIN_TASK, enqueue_training
 from app.sweeps.progress import advance_all
 from worker.celery_app import celery_app
 from worker.hooks import SHUTTING_DOWN
+from worker.reports import report_on_checkpoint
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ def _send(job_id: str) -> None:
 def train(job_id: str) -> None:
     db, store = _resources()
     run_job(job_id, get_settings(), db, store, _send)
+
+
+@celery_app.task(name=CHECKPOINT_REPORT_TASK, acks_late=True)
+def checkpoint_report(checkpoint_id: str) -> None:
+    db, store = _resources()
+    report_on_checkpoint(checkpoint_id, get_settings(), db, store)
 
 
 @worker_shutting_down.connect

@@ -62,4 +62,6 @@ def model_metrics(report: dict) -> dict[str, Any]:
         "best_step": report["best_step"],
         "majority_class_accuracy": report["baselines"]["majority_class"]["accuracy"],
         "linear_probe_accuracy": probe.get("accuracy"),
+        "test_ece": report["calibration"]["ece"],
+        "temperature": report["calibration"]["temperature"],
     }

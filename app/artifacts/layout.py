@@ -75,10 +75,11 @@ def _copy_image(parsed: ParsedDataset, record: Record, zf: zipfile.ZipFile, name
 
 
 def read_dataset(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
-    """Every record, images as bytes under "image"."""
+    """Every record, images as bytes under "image" (and their entry names in images.zip under "image_entry")."""
     records = [json.loads(line) for line in store.get_bytes(f"{key}/{RECORDS}").decode().splitlines() if line]
     if any("image" in r for r in records):
         with zipfile.ZipFile(io.BytesIO(store.get_bytes(f"{key}/{IMAGES}"))) as zf:
             for r in records:
+                r["image_entry"] = r["image"]
                 r["image"] = zf.read(r["image"])
     return records

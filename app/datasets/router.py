@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import Path as PathParam
 
 from app.datasets import service
-from app.datasets.samples import MAX_PER_CLASS, dataset_samples
+from app.datasets.samples import ENTRY_PATTERN, MAX_PER_CLASS, dataset_image, dataset_samples
 from app.datasets.schemas import DatasetRead
 from app.datasets.tables import Dataset
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, SettingsDep, StoreDep
-from app.errors import PayloadTooLarge
+from app.errors import NotFound, PayloadTooLarge
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import file_digest, fingerprint, run_once
 from app.input_limits import InputLimits
@@ -91,6 +92,24 @@ def read_samples(
 ) -> dict[str, Any]:
     """A few examples of each class: texts (clipped to 300 characters) or images as 96-pixel PNG data URLs."""
     return dataset_samples(store, dataset, per_class, InputLimits.from_settings(settings))
+
+
+@router.get(
+    "/{dataset_id}/images/{entry}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the image, as a PNG of at most 512 pixels a side"}},
+)
+def read_image(
+    dataset: ValidDataset,
+    store: StoreDep,
+    settings: SettingsDep,
+    entry: Annotated[str, PathParam(pattern=ENTRY_PATTERN, description="an image's name in the dataset")],
+) -> Response:
+    """One image of the dataset, as a report's misclassified examples reference it (`image_url`)."""
+    png = dataset_image(store, dataset, entry, InputLimits.from_settings(settings))
+    if png is None:
+        raise NotFound(f"Dataset '{dataset.id}' has no image '{entry}'; the report's image_url names those it has.")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.delete("/{dataset_id}", status_code=204, dependencies=[NEEDS_TRAIN])

@@ -20,6 +20,8 @@ from app.input_limits import InputLimits
 MAX_PER_CLASS = 10
 TEXT_CHARS = 300  # a sample text is clipped to this many characters
 THUMBNAIL_PX = 96  # the longer side of an image sample
+IMAGE_PX = 512  # the longer side of one image served alone (GET /datasets/{id}/images/{entry})
+ENTRY_PATTERN = r"^[0-9]{1,12}$"  # how app/artifacts/layout.py names the images in images.zip
 MAX_LINES = 200_000  # stop looking after this many records even if a class is still short (it cannot be: every
 # class has at least one record, but a bound keeps a corrupted file from costing more)
 
@@ -69,7 +71,25 @@ def _attach_thumbnails(
                 row["image"] = _thumbnail(zf, row.pop("image", ""), limits)
 
 
+def dataset_image(store: ArtifactStore, dataset: Dataset, entry: str, limits: InputLimits) -> bytes | None:
+    """One image of an image dataset (a report's misclassified example) as a PNG at most IMAGE_PX on its longer
+    side; None if the dataset holds no such image."""
+    if dataset.task != "image_classification":
+        return None
+    with (
+        store.fs.open(store.path(f"{dataset.storage_key}/{IMAGES}"), "rb") as f,
+        zipfile.ZipFile(f) as zf,
+    ):
+        return _png(zf, entry, limits, IMAGE_PX)
+
+
 def _thumbnail(zf: zipfile.ZipFile, entry: str, limits: InputLimits) -> str | None:
+    png = _png(zf, entry, limits, THUMBNAIL_PX)
+    return "data:image/png;base64," + base64.b64encode(png).decode() if png is not None else None
+
+
+def _png(zf: zipfile.ZipFile, entry: str, limits: InputLimits, side: int) -> bytes | None:
+    """The entry decoded and re-encoded as an RGB PNG within side x side pixels; None if absent or unreadable."""
     try:
         info = zf.getinfo(entry)
     except KeyError:
@@ -80,7 +100,7 @@ def _thumbnail(zf: zipfile.ZipFile, entry: str, limits: InputLimits) -> str | No
         img = load_image(zf.read(info), max_pixels=limits.max_image_pixels)
     except ImageRefused:
         return None
-    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    img.thumbnail((side, side))
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()

@@ -41,6 +41,7 @@ class _Pending:
     encoded: Encoded
     size: int
     top_k: int
+    temperature: float  # the logits are divided by it before the softmax (1.0: the raw scores)
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
     queued_at: float = field(default_factory=time.monotonic)
@@ -85,7 +86,7 @@ class Batcher:
 
     def __init__(
         self,
-        forward: Callable[[Encoded], torch.Tensor],
+        forward: Callable[[Encoded], torch.Tensor],  # encoded inputs -> logits (inputs x classes)
         *,
         max_batch: int,
         max_wait_s: float,
@@ -108,10 +109,11 @@ class Batcher:
         self._collecting = False  # one worker at a time gathers the next batch
         self._closing = False
 
-    def submit(self, encoded: Encoded, size: int, top_k: int) -> asyncio.Future[BatchResult]:
-        """Queue `size` encoded inputs; the future resolves with their top-k classes (call on the event loop)."""
+    def submit(self, encoded: Encoded, size: int, top_k: int, temperature: float = 1.0) -> asyncio.Future[BatchResult]:
+        """Queue `size` encoded inputs; the future resolves with their top-k classes, scored by
+        softmax(logits / temperature) (call on the event loop)."""
         loop = asyncio.get_running_loop()
-        item = _Pending(encoded, size, top_k, loop, loop.create_future())
+        item = _Pending(encoded, size, top_k, temperature, loop, loop.create_future())
         with self._cond:
             self._pending.append(item)
             self._pending_inputs += size
@@ -174,7 +176,11 @@ class Batcher:
             merged = concat([p.encoded for p in batch])
             # A single request larger than max_batch runs in max_batch chunks, bounding activation memory.
             chunks = [self.forward(merged[i : i + self.max_batch]) for i in range(0, total, self.max_batch)]
-            probabilities = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            logits = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            if any(p.temperature != 1.0 for p in batch):  # each request's rows divided by its own temperature
+                temperatures = torch.tensor([p.temperature for p in batch for _ in range(p.size)], dtype=logits.dtype)
+                logits = logits / temperatures.unsqueeze(1)
+            probabilities = logits.softmax(dim=-1)
             # One top-k and one copy to Python lists for the whole batch; each request keeps its own k.
             top = probabilities.topk(min(max(p.top_k for p in batch), probabilities.shape[1]), dim=1)
             scores, indices = top.values.tolist(), top.indices.tolist()

@@ -18,6 +18,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, PreparingCounter
+from app.tasktypes.calibration import load_temperature
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec, task_spec
 from app.tasktypes.types import TaskType
@@ -42,6 +43,7 @@ class LoadedModel:
     processor: Any
     prep: Preprocessing
     spec: TaskSpec
+    temperature: float | None = None  # fitted on the validation split (calibration.json); None: the model has none
     batcher: Batcher | None = None
 
     def encode(self, inputs: list) -> Any:
@@ -52,13 +54,13 @@ class LoadedModel:
             raise InvalidInput(f"Could not read the inputs: {exc}. Send JPEG/PNG images or UTF-8 text.") from exc
 
     def forward(self, encoded: Any) -> torch.Tensor:
-        """Class probabilities for a batch of encoded inputs (texts pad to the batch's longest).
+        """Float logits for a batch of encoded inputs (texts pad to the batch's longest); the batcher scores them.
 
         Batcher workers call this concurrently: inference on shared read-only weights needs no lock."""
         batch = self.spec.collate(self.processor, self.prep, encoded)
         with torch.inference_mode():
             logits = self.model(**batch).logits
-        return logits.float().softmax(dim=-1)
+        return logits.float()
 
 
 def load_served_model(model_id: str, folder: Path) -> LoadedModel:
@@ -67,7 +69,7 @@ def load_served_model(model_id: str, folder: Path) -> LoadedModel:
     task = TaskType(prep.task)
     spec = task_spec(task)
     model = AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval()
-    return LoadedModel(model_id, model, spec.load_processor(folder), prep, spec)
+    return LoadedModel(model_id, model, spec.load_processor(folder), prep, spec, load_temperature(folder))
 
 
 class ModelCache:

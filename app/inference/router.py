@@ -32,6 +32,11 @@ class PredictRequest(BaseModel):
     texts: list[str] | None = None
     images: list[str] | None = Field(None, description="base64-encoded image files")
     top_k: int = Field(1, ge=1, le=1000)
+    calibrated: bool = Field(
+        False,
+        description="scores from softmax(logits / T), T the temperature fitted on the model's validation split "
+        "(its report's calibration); the predicted labels are the same",
+    )
 
 
 class Prediction(BaseModel):
@@ -44,6 +49,7 @@ class PredictResponse(BaseModel):
 
     model_id: str
     predictions: list[list[Prediction]]
+    temperature: float | None = Field(None, description="the temperature applied (calibrated requests only)")
 
 
 def _decode_base64(images: list[str]) -> list[bytes]:
@@ -66,11 +72,11 @@ def _parse(raw: bytes | tuple[dict, list[bytes]]) -> tuple[PredictRequest, list[
 
 
 async def _read(request: Request) -> bytes | tuple[dict, list[bytes]]:
-    """The raw JSON body, or a multipart form's 'model' and 'top_k' fields and its 'files'."""
+    """The raw JSON body, or a multipart form's 'model', 'top_k' and 'calibrated' fields and its 'files'."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         files = [await f.read() for f in form.getlist("files") if hasattr(f, "read")]
-        return {k: form.get(k) for k in ("model", "top_k") if form.get(k) not in (None, "")}, files
+        return {k: form.get(k) for k in ("model", "top_k", "calibrated") if form.get(k) not in (None, "")}, files
     return await request.body()
 
 
@@ -90,6 +96,7 @@ def _authorize_and_prepare(
             body.texts,
             images,
             InputLimits.from_settings(request.app.state.settings),
+            body.calibrated,
         )
     return prepared, body.top_k
 

@@ -25,11 +25,12 @@ class PreparedRequest:
     loaded: LoadedModel
     encoded: Any
     count: int
+    temperature: float | None = None  # calibrated: the model's fitted temperature
 
     def submit(self, top_k: int) -> Any:
         """Queue the inputs on the model's batcher; an awaitable of their BatchResult (call on the event loop)."""
         assert self.loaded.batcher is not None
-        return self.loaded.batcher.submit(self.encoded, self.count, top_k)
+        return self.loaded.batcher.submit(self.encoded, self.count, top_k, self.temperature or 1.0)
 
 
 def prepare(
@@ -41,9 +42,10 @@ def prepare(
     texts: list[str] | None,
     images: list[bytes] | None,
     limits: InputLimits,
+    calibrated: bool = False,
 ) -> PreparedRequest:
     """Check the inputs against `limits` (before any lookup, load or decode), resolve the model, encode the
-    inputs, load the model if needed (blocking: run in a thread)."""
+    inputs, load the model if needed (blocking: run in a thread); `calibrated`: scores with its temperature."""
     check_inputs(texts, images, limits)
     registered = resolve_model(session, team_id, model_ref)
     model_id, task, storage_key = registered.id, TaskType(registered.task), registered.storage_key
@@ -51,17 +53,27 @@ def prepare(
     session.commit()
     inputs = _inputs_for(task, texts, images)
     loaded = cache.get(model_id, lambda: store.local_dir(storage_key), team_id)
-    return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs))
+    if calibrated and loaded.temperature is None:
+        raise InvalidInput(
+            f"Model '{model_id}' has no fitted temperature (it was trained before calibration existed, or without a "
+            "validation split), so it cannot answer calibrated scores; send 'calibrated': false, or retrain it."
+        )
+    temperature = loaded.temperature if calibrated else None
+    return PreparedRequest(model_id, loaded, loaded.encode(inputs), len(inputs), temperature)
 
 
 def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
-    """The response body: top-k labels with probabilities for each input, and which model answered."""
+    """The response body: top-k labels with probabilities for each input, which model answered, and the
+    temperature that scaled its logits when calibrated scores were asked for."""
     labels = prepared.loaded.prep.labels
     predictions = [
         [{"label": labels[i], "score": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
         for ps, ids in zip(result.scores, result.indices, strict=True)
     ]
-    return {"model_id": prepared.model_id, "predictions": predictions}
+    body: dict[str, Any] = {"model_id": prepared.model_id, "predictions": predictions}
+    if prepared.temperature is not None:
+        body["temperature"] = prepared.temperature
+    return body
 
 
 def check_inputs(texts: list[str] | None, images: list[bytes] | None, limits: InputLimits) -> None:

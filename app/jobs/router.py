@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.responses import StreamingResponse
 
-from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SendJob, SessionDep, SettingsDep, StoreDep
+from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SendJob, SendReport, SessionDep, SettingsDep, StoreDep
 from app.idempotency.http import IDEMPOTENT_RESPONSES, IdempotencyKey, Remember, replayed
 from app.idempotency.service import fingerprint, run_once
-from app.jobs import lifecycle, service
+from app.jobs import checkpoint_reports, lifecycle, service
 from app.jobs.schemas import CheckpointRead, EventRead, JobCreate, JobRead, MetricRead
 from app.jobs.stream import CURSOR_PATTERN, Cursor, StreamHub, event_stream
 from app.jobs.tables import JobStatus, TrainingJob
@@ -32,6 +32,10 @@ LastEventIdHeader = Annotated[
 LastEventIdQuery = Annotated[
     str | None,
     Query(pattern=CURSOR_PATTERN, max_length=40, description="the same as the Last-Event-ID header (the header wins)"),
+]
+CheckpointRef = Annotated[
+    str | None,
+    Query(min_length=1, max_length=64, description="a checkpoint's id or step (GET /jobs/{id}/checkpoints)"),
 ]
 MetricPaging = Annotated[PageParams, paging(1000, 10000, ROW_CURSOR)]
 EventPaging = Annotated[PageParams, paging(100, 1000, ROW_CURSOR)]
@@ -107,9 +111,28 @@ def read_events(job: ValidJob, session: SessionDep, page: EventPaging) -> Page:
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{job_id}/report")
-def read_report(job: ValidJob) -> dict[str, Any]:
-    return service.get_report(job)
+@router.get(
+    "/{job_id}/report",
+    responses={202: {"description": "the checkpoint's report is being computed: poll the same URL"}},
+)
+def read_report(
+    job: ValidJob,
+    session: SessionDep,
+    send: SendReport,
+    response: Response,
+    checkpoint: CheckpointRef = None,
+) -> dict[str, Any]:
+    """The evaluation on the test split: per-class scores, confusion matrix, calibration, the most-confused pairs, the
+    most confident mistakes, precision/recall by threshold (two classes). With `checkpoint`, that checkpoint's:
+    a worker computes it on the first request (202 with where to poll), then 200."""
+    if checkpoint is None:
+        return service.get_report(job)
+    status, body = checkpoint_reports.checkpoint_report(session, job, checkpoint, send)
+    if status == 202:
+        response.status_code = 202
+        response.headers["Location"] = body["poll"]
+        response.headers["Retry-After"] = str(checkpoint_reports.POLL_AFTER_S)
+    return body
 
 
 @router.get(

@@ -227,6 +227,10 @@ class CheckpointRead(BaseModel):
     metric_value: float | None
     is_best: bool
     created_at: datetime
+    report_status: str | None = Field(
+        None, description="null, or the evaluation report asked for with GET /jobs/{id}/report?checkpoint=: queued, "
+        "running, done or failed",
+    )  # fmt: skip
 
 
 class EventRead(BaseModel):

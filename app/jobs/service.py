@@ -69,6 +69,7 @@ class JobSpec:
     task: TaskType
     base_model: BaseModelRef
     hyperparameters: Hyperparameters
+    dataset_id: str
     dataset_key: str
     dataset_name: str
     labels: list[str]
@@ -91,6 +92,7 @@ def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
         task=TaskType(job.task),
         base_model=base,
         hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        dataset_id=dataset.id,
         dataset_key=dataset.storage_key,
         dataset_name=dataset.name,
         labels=list(dataset.labels),
@@ -151,6 +153,7 @@ def _rows_after(session: Session, query: Select, entity: type[Metric] | type[Job
 
 
 def get_report(job: TrainingJob) -> dict:
+    """The job's evaluation report on its test split (its best checkpoint's weights)."""
     if job.report is None:
         raise NotFound(f"Job '{job.id}' has no report yet (status: {job.status}); it is written when the job succeeds.")
     return job.report

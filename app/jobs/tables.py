@@ -89,6 +89,11 @@ class Checkpoint(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     is_best: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # An evaluation report asked for with GET /jobs/{id}/report?checkpoint= (app/jobs/checkpoint_reports.py).
+    report_status: Mapped[str | None] = mapped_column(String(20), default=None)  # queued, running, done, failed
+    report_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    report_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class JobEvent(Base):

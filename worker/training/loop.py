@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,21 +133,36 @@ def micro_batches(
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean loss, true labels and predictions on `split`, in eval mode."""
-    run.model.eval()
     total_loss, seen, predictions = 0.0, 0, []
+    for logits, labels in eval_batches(run, split):
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        seen += len(labels)
+        predictions.append(logits.argmax(dim=-1).cpu())
+    predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
+    return total_loss / max(seen, 1), run.splits[split].labels.numpy(), predicted
+
+
+@torch.no_grad()
+def split_logits(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every example's logits (float32, examples x labels) and true labels on `split`, in eval mode."""
+    parts = [logits.cpu() for logits, _ in eval_batches(run, split)]
+    logits = torch.cat(parts).numpy() if parts else np.zeros((0, len(run.prep.labels)), dtype=np.float32)
+    return logits, run.splits[split].labels.numpy()
+
+
+@torch.no_grad()
+def eval_batches(run: Run, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 logits, labels) of each batch of `split`, in order, with the model in eval mode meanwhile."""
+    run.model.eval()
     try:
         data = run.splits[split]
         for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
             labels = labels.to(run.device)
             with autocast(run.device):
                 logits = run.model(**to_device(inputs, run.device)).logits.float()
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            seen += len(labels)
-            predictions.append(logits.argmax(dim=-1).cpu())
+            yield logits, labels
     finally:
         run.model.train()
-    predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
-    return total_loss / max(seen, 1), run.splits[split].labels.numpy(), predicted
 
 
 def evaluate_and_checkpoint(run: Run, hooks: RunHooks) -> None:

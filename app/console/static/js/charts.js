@@ -132,3 +132,31 @@ export function heatmap(labels, matrix) {
   });
   return h("div", { class: "heatmap" }, svg);
 }
+
+// A reliability diagram: per confidence bin, the accuracy (bars) against the confidence (the diagonal is perfect
+// calibration); `after` (the bins after temperature scaling) as dots. Empty bins draw nothing.
+export function reliability(bins, after) {
+  const W = 320, H = 240, L = 40, R = 10, T = 10, B = 34;
+  const X = (v) => L + v * (W - L - R), Y = (v) => T + (1 - v) * (H - T - B);
+  const svg = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-testid": "reliability", "data-bins": bins.length });
+  for (let i = 0; i <= 4; i++) {
+    const v = i / 4;
+    svg.append(s("line", { class: "grid", x1: L, x2: W - R, y1: Y(v), y2: Y(v) }));
+    svg.append(s("text", { x: L - 4, y: Y(v) + 3, "text-anchor": "end" }, String(v)));
+    svg.append(s("text", { x: X(v), y: H - B + 14, "text-anchor": "middle" }, String(v)));
+  }
+  svg.append(s("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", class: "axis-title" }, "confidence"));
+  svg.append(s("text", { x: 10, y: (T + H - B) / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${(T + H - B) / 2})` }, "accuracy"));
+  bins.forEach((b) => {
+    if (!b.count) return;
+    const rect = s("rect", { class: "reliability-bar", x: X(b.lower) + 1, y: Y(b.accuracy), width: X(b.upper) - X(b.lower) - 2,
+      height: Y(0) - Y(b.accuracy), fill: COLORS[0], "fill-opacity": 0.75, "data-count": b.count });
+    rect.append(s("title", {}, `confidence ${b.lower.toFixed(2)}–${b.upper.toFixed(2)}: ${b.count} examples, accuracy ${b.accuracy.toFixed(3)}, mean confidence ${b.confidence.toFixed(3)}`));
+    svg.append(rect);
+  });
+  (after || []).forEach((b) => {
+    if (b.count) svg.append(s("circle", { cx: X((b.lower + b.upper) / 2), cy: Y(b.accuracy), r: 3, fill: COLORS[1] }));
+  });
+  svg.append(s("line", { class: "axis", x1: X(0), y1: Y(0), x2: X(1), y2: Y(1), "stroke-dasharray": "4 3" }));
+  return h("div", { class: "reliability" }, svg);
+}

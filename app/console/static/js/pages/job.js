@@ -1,9 +1,10 @@
 // One job: live curves and evaluations from GET /jobs/{id}/stream, the events, checkpoints, hyperparameters as
-// used, a cancel button, and on success the report (confusion matrix, per-class table, baselines).
+// used, a cancel button, and on success the report (confusion matrix, per-class table, baselines, calibration and
+// the mistakes).
 
-import { api, ApiError } from "../api.js";
+import { api, ApiError, authHeaders } from "../api.js";
 import { follow } from "../sse.js";
-import { LineChart, heatmap, bars } from "../charts.js";
+import { LineChart, heatmap, bars, reliability } from "../charts.js";
 import { h, clear, age, badge, fmt, pct, progressBar, setProgress, confirmDialog } from "../dom.js";
 
 const EVAL_NAMES = ["val_loss", "val_accuracy", "val_macro_f1"];
@@ -207,5 +208,46 @@ function drawReport(el, r) {
       h("div", { class: "card", id: "baselines" }, h("h2", {}, "Against the baselines (test accuracy)"),
         bars(accRows, { max: 1, format: pct }),
         h("dl", { class: "kv", style: { marginTop: "8px" } }, Object.entries(margins).map(([k, v]) =>
-          [h("dt", {}, k.replaceAll("_", " ")), h("dd", { class: v < 0 ? "warn" : "" }, `${v >= 0 ? "+" : ""}${fmt(v, 4)}`)])))));
+          [h("dt", {}, k.replaceAll("_", " ")), h("dd", { class: v < 0 ? "warn" : "" }, `${v >= 0 ? "+" : ""}${fmt(v, 4)}`)])))),
+    drawMistakes(r));
+}
+
+const SHOWN_MISTAKES = 8;
+
+// Calibration (the reliability diagram), the most-confused pairs and the most confident mistakes.
+function drawMistakes(r) {
+  const c = r.calibration;
+  if (!c) return null;  // a report from before these existed
+  const pairs = (r.confused_pairs || []).slice(0, 10);
+  const mistakes = (r.misclassified || []).slice(0, SHOWN_MISTAKES);
+  return h("div", { class: "grid" },
+    h("div", { class: "card", id: "calibration" }, h("h2", {}, "Calibration"),
+      h("dl", { class: "kv" },
+        h("dt", {}, "expected calibration error"), h("dd", { id: "report-ece" }, fmt(c.ece, 4)),
+        c.temperature ? [h("dt", {}, `after temperature ${fmt(c.temperature, 3)}`), h("dd", {}, fmt(c.ece_calibrated, 4))] : null),
+      reliability(c.bins || [], c.bins_calibrated),
+      h("p", { class: "muted" }, "bars: accuracy per confidence bin; dashed: perfect calibration; dots: after temperature scaling")),
+    h("div", { class: "card", id: "confused-pairs" }, h("h2", {}, "Most confused"),
+      pairs.length
+        ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "true"), h("th", {}, "predicted"), h("th", { class: "num" }, "count"))),
+          h("tbody", {}, pairs.map((p) => h("tr", { "data-count": p.count }, h("td", {}, p.true_label), h("td", {}, p.predicted_label),
+            h("td", { class: "num" }, p.count)))))
+        : h("p", { class: "muted" }, "no mistakes")),
+    h("div", { class: "card", id: "misclassified" }, h("h2", {}, "Most confident mistakes"),
+      mistakes.length
+        ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "example"), h("th", {}, "true"), h("th", {}, "predicted"), h("th", { class: "num" }, "score"))),
+          h("tbody", {}, mistakes.map((m) => h("tr", { "data-index": m.index },
+            h("td", {}, m.image_url ? fetchedImage(m.image_url, `example ${m.index}`) : h("span", { class: "snippet" }, m.text || "")),
+            h("td", {}, m.true_label), h("td", {}, m.predicted_label), h("td", { class: "num" }, fmt(m.score, 3))))))
+        : h("p", { class: "muted" }, "no mistakes")));
+}
+
+// An image the API serves only with the key: fetched with it, shown from a blob URL (never the key in a URL).
+function fetchedImage(url, alt) {
+  const img = h("img", { alt, class: "example-image", width: 64, height: 64 });
+  fetch(url, { headers: authHeaders(), cache: "no-store" })
+    .then((response) => (response.ok ? response.blob() : null))
+    .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); })
+    .catch(() => {});
+  return img;
 }

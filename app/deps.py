@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any
 
@@ -67,7 +68,9 @@ def authenticate_for_predict(
     """As authenticate_request, and the caller is remembered for the next /predict requests with this key (for at most
     FINETUNE_PREDICT_LOOKUP_TTL_SECONDS: a key revoked meanwhile is refused once that has passed)."""
     caller = authenticate_request(session, request, credentials)
-    request.app.state.predict_keys.put(bearer_key(credentials), caller)
+    # A copy of the team outside the session: a rollback of this request's session expires the row it loaded.
+    team = Team(id=caller.team.id, name=caller.team.name)
+    request.app.state.predict_keys.put(bearer_key(credentials), replace(caller, team=team))
     return caller
 
 

@@ -234,3 +234,34 @@ def test_routes_are_checked_and_stats_are_the_teams_own(client, models, service,
         assert put_alias(client, "rollout-mine", **body).status_code == 200
         refused = client.delete(f"/models/{b}")  # a canary or a shadow cannot be deleted from under its alias
         assert refused.status_code == 409 and "rollout-mine" in refused.json()["detail"], refused.text
+
+
+def test_traffic_counters_of_several_processes_add_up(db):
+    """Two API processes' counters (two TrafficCounters on one database) add to the same rows, a few rows in all."""
+    from sqlalchemy import select
+
+    from app.inference.traffic import ROUTE, SHADOW, TrafficCounters
+    from app.registry.tables import AliasTraffic
+    from app.teams.tables import Team
+
+    with db.session() as session:
+        team = Team(name="traffic")
+        session.add(team)
+        session.flush()
+        team_id = team.id
+    first, second = TrafficCounters(db), TrafficCounters(db)
+    for n in range(50):
+        for counters in (first, second):
+            counters.add(team_id, "prod", "m1", ROUTE, inputs=2, latency_ms=10.0)
+            counters.add(team_id, "prod", "m2", SHADOW, inputs=2, latency_ms=4.0, compared=2, agreed=n % 2)
+        if n % 10 == 0:
+            first.flush()
+    counters.add(team_id, "prod", "m1", ROUTE, inputs=1, error=True)
+    first.close()
+    second.close()
+    with db.session() as session:
+        rows = {r.model_id: r for r in session.scalars(select(AliasTraffic).where(AliasTraffic.team_id == team_id))}
+    assert set(rows) == {"m1", "m2"}
+    assert (rows["m1"].requests, rows["m1"].inputs, rows["m1"].errors) == (101, 201, 1)
+    assert rows["m1"].latency_ms_total == pytest.approx(1000.0)
+    assert (rows["m2"].requests, rows["m2"].compared, rows["m2"].agreed) == (100, 200, 50)

@@ -21,7 +21,8 @@ from app.input_limits import InputLimits
 from app.teams.scopes import Scope
 
 router = APIRouter(tags=["predict"])
-# Only the bearer header is a dependency: the database work happens in the handler's single worker-thread hop.
+# Only the bearer header is a dependency: what needs the database happens in the handler's one worker-thread hop, and
+# nothing does when the key, the routes and the model are in memory.
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 _shadows: set[asyncio.Task] = set()
 # A body parsed on the event loop is small (a few texts); a larger one is parsed in a worker thread.

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from app import processes
 from app.artifacts.layout import model_key
 from app.db import Database
 from app.registry.tables import Alias
@@ -104,6 +105,47 @@ def test_an_alias_moved_elsewhere_takes_effect_within_the_bound(client, models, 
     assert served_by(client, "rollout-moved") == models["a"]
 
 
+def test_another_api_process_follows_a_move_warm(service, key, models):
+    """A second API process on the same database: an alias moved through the first reaches it within the ttl plus
+    the time to load the new model, which it loads and warms while the old one keeps serving."""
+    a, b = models["a"], models["b"]
+    port = processes.free_port()
+    second_api = service.start("api-second", processes.api_command("127.0.0.1", port))
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        processes.wait_ready(url, second_api, timeout=180)
+        with service.client(key) as first, httpx.Client(base_url=url, headers=headers, timeout=60) as second:
+            assert put_alias(first, "rollout-two", model_id=a).status_code == 200
+            assert timed(second, "rollout-two")[0] == a  # routes and model now in the second process's memory
+            steady = [timed(second, "rollout-two")[1] for _ in range(5)]
+            assert put_alias(first, "rollout-two", model_id=b).status_code == 200
+            answers: list[tuple[str, float]] = []
+
+            def moved() -> bool:
+                answers.append(timed(second, "rollout-two"))
+                return answers[-1][0] == b
+
+            took = wait_until(moved, 30)
+            assert took <= TTL + SLACK + 10, took  # the ttl, and loading the model in the background
+            assert {m for m, _ in answers} <= {a, b}  # the old model answered until the new one was warm
+            first_after = [answers[-1][1]]  # the first answer of the new model in this process
+            for _ in range(2):
+                model, latency = timed(second, "rollout-two")
+                assert model == b
+                first_after.append(latency)
+                steady.append(timed(second, a)[1])
+            assert statistics.median(first_after) <= 2 * statistics.median(steady), (first_after, steady)
+    finally:
+        processes.stop([service.processes.pop("api-second")])
+
+
+def timed(client: httpx.Client, model: str) -> tuple[str, float]:
+    """Which model answered, and how long the request took."""
+    started = time.perf_counter()
+    served = served_by(client, model)
+    return served, time.perf_counter() - started
+
+
 def binomial_bound(n: int, p: float) -> float:
     """Six standard deviations: a correct split falls outside with probability about 2e-9."""
     return 6 * math.sqrt(n * p * (1 - p))
@@ -175,20 +217,16 @@ def test_a_shadow_answers_a_copy_that_is_counted_never_returned(client, models):
 def test_a_warm_swap_serves_its_first_requests_as_fast_as_the_rest(client, models):
     a, fresh = models["a"], models["fresh"]
     assert put_alias(client, "rollout-warm", model_id=a).status_code == 200
-
-    def timed(model: str, expect: str) -> float:
-        started = time.perf_counter()
-        assert served_by(client, model) == expect
-        return time.perf_counter() - started
-
-    steady = [timed("rollout-warm", a) for _ in range(7)]
+    steady = [timed(client, "rollout-warm")[1] for _ in range(7)]
     moved = put_alias(client, "rollout-warm", model_id=fresh)  # loaded and warmed before it answers
     assert moved.status_code == 200, moved.text
     first = []
     for _ in range(3):  # interleaved with steady requests, so that load from elsewhere falls on both alike
-        first.append(timed("rollout-warm", fresh))
-        steady.append(timed(a, a))
-    steady += [timed("rollout-warm", fresh) for _ in range(4)]
+        model, latency = timed(client, "rollout-warm")
+        assert model == fresh
+        first.append(latency)
+        steady.append(timed(client, a)[1])
+    steady += [timed(client, "rollout-warm")[1] for _ in range(4)]
     assert statistics.median(first) <= 2 * statistics.median(steady), (first, steady)
 
 

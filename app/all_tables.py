@@ -3,12 +3,13 @@
 from app.datasets.tables import Dataset
 from app.idempotency.tables import IdempotentRequest
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
-from app.registry.tables import Alias, RegisteredModel
+from app.registry.tables import Alias, AliasTraffic, RegisteredModel
 from app.sweeps.tables import Sweep, SweepTrial
 from app.teams.tables import ApiKey, Team
 
 __all__ = [
     "Alias",
+    "AliasTraffic",
     "ApiKey",
     "Checkpoint",
     "Dataset",

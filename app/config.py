@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         ge=1,
         description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
+    predict_lookup_ttl_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long /predict trusts its in-process copy of a key, an alias's routes and a model's metadata: "
+        "a revoked key or a moved alias takes effect within this on every API process (0: look up every request)",
+    )
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     max_predict_mb: int = Field(32, ge=1, description="Largest /predict request body")
     max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")

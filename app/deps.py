@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.store import ArtifactStore
 from app.config import Settings
+from app.db import utcnow
 from app.errors import Unauthorized
 from app.queue import enqueue_checkpoint_report, enqueue_training
 from app.teams.scopes import Scope
@@ -55,6 +57,34 @@ def authenticate_request(
         raise
     throttle.succeeded(key)
     return caller
+
+
+PREDICT_PATH = "/predict"
+
+
+def authenticate_for_predict(
+    session: Session, request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Caller:
+    """As authenticate_request, and the caller is remembered for the next /predict requests with this key (for at most
+    FINETUNE_PREDICT_LOOKUP_TTL_SECONDS: a key revoked meanwhile is refused once that has passed)."""
+    caller = authenticate_request(session, request, credentials)
+    # A copy of the team outside the session: a rollback of this request's session expires the row it loaded.
+    team = Team(id=caller.team.id, name=caller.team.name)
+    request.app.state.predict_keys.put(bearer_key(credentials), replace(caller, team=team))
+    return caller
+
+
+def recent_predict_caller(state: Any, key: str) -> Caller | None:
+    """The caller of a key that authenticated for /predict less than the lookup ttl ago and has not expired since."""
+    caller: Caller | None = state.predict_keys.get(key)
+    if caller is None or (caller.expires_at is not None and caller.expires_at <= utcnow()):
+        return None
+    return caller
+
+
+def known_predict_key(state: Any, path: str, key: str) -> bool:
+    """Whether the request-limits middleware may skip its database check: a /predict key seen lately."""
+    return path.rstrip("/") == PREDICT_PATH and recent_predict_caller(state, key) is not None
 
 
 def get_caller(

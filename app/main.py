@@ -23,10 +23,12 @@ from app.config import Settings, get_settings
 from app.console.router import mount_console
 from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
-from app.deps import check_key_before_body
+from app.deps import check_key_before_body, known_predict_key
 from app.errors import AppError
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
+from app.inference.service import Serving
+from app.inference.traffic import TrafficCounters
 from app.jobs.router import router as jobs_router
 from app.jobs.stream import StreamHub
 from app.observability.collectors import ServiceCollector
@@ -43,6 +45,7 @@ from app.request_limits import RequestLimits
 from app.strict_query import reject_unknown_query
 from app.sweeps.router import router as sweeps_router
 from app.teams.throttle import FailedAuthThrottle
+from app.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
 MAX_FIELD_ERRORS = 20  # a 422 lists at most this many invalid fields
@@ -127,6 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=settings.predict_workers,
             threads=settings.predict_threads,
         )
+        app.state.predict_keys = TtlCache(settings.predict_lookup_ttl_seconds)
+        app.state.serving = Serving(
+            app.state.store,
+            app.state.model_cache,
+            TtlCache(settings.predict_lookup_ttl_seconds),
+            TrafficCounters(app.state.db),
+        )
         app.state.stream_hub = StreamHub(
             app.state.db,
             poll_seconds=settings.stream_poll_seconds,
@@ -139,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.stream_hub.close()
         app.state.model_cache.close()
+        app.state.serving.traffic.close()
         app.state.db.dispose()
 
     app = FastAPI(
@@ -150,7 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
-    app.add_middleware(RequestLimits, settings=settings, authenticate=check_key_before_body)
+    app.add_middleware(
+        RequestLimits, settings=settings, authenticate=check_key_before_body, recently_checked=known_predict_key
+    )
     for router in (
         datasets_router,
         jobs_router,

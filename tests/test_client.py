@@ -260,6 +260,16 @@ def test_models_aliases_predict_and_usage(sdk, trained):
     with pytest.raises(Conflict, match="alias") as refused:
         sdk.models.delete(job.model_id)
     assert refused.value.status == 409
+    split = sdk.aliases.split("client-split", {job.model_id: 100}, shadow_model_id=job.model_id)
+    assert [(r.model_id, r.weight) for r in split.routes] == [(job.model_id, 100)]
+    assert split.shadow_model_id == job.model_id
+    assert sdk.predict(["a great film"], model="client-split", routing_key="user-1").model_id == job.model_id
+    deadline = time.monotonic() + 30
+    while (stats := sdk.aliases.stats("client-split")).models[-1].compared < 1:  # the shadow answers after
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.1)
+    assert [(m.role, m.requests) for m in stats.models] == [("route", 1), ("shadow", 1)]
+    assert stats.models[-1].agreement == 1.0  # the model shadowing itself agrees with itself
     with pytest.raises(ValueError, match="texts or images"):
         sdk.predict()
     usage = sdk.usage()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,18 @@ class LoadedModel:
     spec: TaskSpec
     temperature: float | None = None  # fitted on the validation split (calibration.json); None: the model has none
     batcher: Batcher | None = None
+    # a fast tokenizer is not safe to call from two threads at once (its padding settings are shared state)
+    _tokenizing: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def reads_text(self) -> bool:
+        return self.prep.task == TaskType.text_classification
 
     def encode(self, inputs: list) -> Any:
-        """Inputs preprocessed once (token ids, or decoded uint8 images), ready to be merged with others'."""
+        """Inputs ready to be merged with other requests': texts as they are (a merged batch is tokenized in one
+        call in `forward`), images decoded into uint8 pixels (blocking: run in a thread)."""
+        if self.reads_text:
+            return list(inputs)
         try:
             return self.spec.encode(self.processor, inputs, self.prep)
         except Exception as exc:  # undecodable image and the like
@@ -57,10 +67,29 @@ class LoadedModel:
         """Float logits for a batch of encoded inputs (texts pad to the batch's longest); the batcher scores them.
 
         Batcher workers call this concurrently: inference on shared read-only weights needs no lock."""
-        batch = self.spec.collate(self.processor, self.prep, encoded)
+        batch = self._tokenize(encoded) if self.reads_text else self.spec.collate(self.processor, self.prep, encoded)
         with torch.inference_mode():
             logits = self.model(**batch).logits
         return logits.float()
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """A whole merged batch in one call of the (fast, Rust) tokenizer, padded to its longest text."""
+        with self._tokenizing:
+            tokens = self.processor(
+                texts, truncation=True, max_length=self.prep.max_length, padding=True, return_tensors="pt"
+            )
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def warm(self) -> None:
+        """Two forward passes of dummy inputs, so the first real request finds the weights paged in and the kernels
+        ready (a freshly loaded model's first forward can take many times a steady one)."""
+        if self.reads_text:
+            samples: Any = ["warm up", " ".join(["warm up the model before its traffic"] * 8)]
+        else:
+            size = self.prep.image_size or 224
+            samples = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+        for _ in range(2):
+            self.forward(samples)
 
 
 def load_served_model(model_id: str, folder: Path) -> LoadedModel:
@@ -137,6 +166,20 @@ class ModelCache:
             if own:
                 return own[0]  # least recently used first
         return next(m for m in self._models if held[self._owner[m]] == most and m != loading)
+
+    def peek(self, model_id: str) -> LoadedModel | None:
+        """The model if it is loaded (never loads: safe on the event loop)."""
+        with self._lock:
+            loaded = self._models.get(model_id)
+            if loaded is not None:
+                self._models.move_to_end(model_id)
+            return loaded
+
+    def warm(self, model_id: str, folder_for: Callable[[], Path], team_id: str = "") -> LoadedModel:
+        """Load the model if needed and run it once (blocking); raises whatever loading raised (a corrupt file)."""
+        loaded = self.get(model_id, folder_for, team_id)
+        loaded.warm()
+        return loaded
 
     def loaded_ids(self) -> list[str]:
         """Model ids in memory, least recently used first."""

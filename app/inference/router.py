@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import authenticate_request, bearer, bearer_key, client_address
+from app.deps import authenticate_for_predict, bearer, bearer_key, client_address, recent_predict_caller
 from app.errors import InvalidInput
 from app.inference import service
-from app.inference.cache import ModelCache
 from app.input_limits import InputLimits
 from app.teams.scopes import Scope
 
 router = APIRouter(tags=["predict"])
-# Only the bearer header is a dependency: the database work happens in the handler's single worker-thread hop.
+# Only the bearer header is a dependency: what needs the database happens in the handler's one worker-thread hop, and
+# nothing does when the key, the routes and the model are in memory.
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+_shadows: set[asyncio.Task] = set()
+# A body parsed on the event loop is small (a few texts); a larger one is parsed in a worker thread.
+IN_MEMORY_BODY_BYTES = 64 * 1024
 
 
 class PredictRequest(BaseModel):
@@ -36,6 +42,13 @@ class PredictRequest(BaseModel):
         False,
         description="scores from softmax(logits / T), T the temperature fitted on the model's validation split "
         "(its report's calibration); the predicted labels are the same",
+    )
+    routing_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="when the alias splits traffic between models: requests with the same key land on the same model "
+        "(a user or session id); without one, each request is drawn by the weights",
     )
 
 
@@ -72,33 +85,58 @@ def _parse(raw: bytes | tuple[dict, list[bytes]]) -> tuple[PredictRequest, list[
 
 
 async def _read(request: Request) -> bytes | tuple[dict, list[bytes]]:
-    """The raw JSON body, or a multipart form's 'model', 'top_k' and 'calibrated' fields and its 'files'."""
+    """The raw JSON body, or a multipart form's 'model', 'top_k', 'calibrated' and 'routing_key' fields and its 'files'."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         files = [await f.read() for f in form.getlist("files") if hasattr(f, "read")]
-        return {k: form.get(k) for k in ("model", "top_k", "calibrated") if form.get(k) not in (None, "")}, files
+        fields = ("model", "top_k", "calibrated", "routing_key")
+        return {k: form.get(k) for k in fields if form.get(k) not in (None, "")}, files
     return await request.body()
+
+
+def _prepare(
+    request: Request, team_id: str, raw: bytes | tuple[dict, list[bytes]], session: Session | None
+) -> tuple[service.PreparedRequest, int]:
+    if session is None and not isinstance(raw, tuple) and b'"images"' in raw:
+        raise service.NeedsThread  # base64 to decode: not on the event loop
+    body, images = _parse(raw)
+    prepared = service.prepare(
+        request.app.state.serving,
+        session,
+        team_id,
+        body.model,
+        body.texts,
+        images,
+        InputLimits.from_settings(request.app.state.settings),
+        body.routing_key,
+        body.calibrated,
+    )
+    return prepared, body.top_k
+
+
+def _prepare_in_memory(
+    request: Request, key: str, raw: bytes | tuple[dict, list[bytes]]
+) -> tuple[service.PreparedRequest, int] | None:
+    """The request prepared on the event loop, when the key, the routes and the model are all in memory and the
+    inputs are texts (the common case: no thread hop at all); None when something needs the database, a load or a
+    decode."""
+    caller = recent_predict_caller(request.app.state, key)
+    if caller is None or isinstance(raw, tuple) or len(raw) > IN_MEMORY_BODY_BYTES:
+        return None
+    team = caller.require(Scope.predict)
+    try:
+        return _prepare(request, team.id, raw, None)
+    except service.NeedsThread:
+        return None
 
 
 def _authorize_and_prepare(
     request: Request, credentials: HTTPAuthorizationCredentials | None, raw: bytes | tuple[dict, list[bytes]]
 ) -> tuple[service.PreparedRequest, int]:
-    """Everything that blocks, in one worker thread: the key, the body, the model lookup, loading, encoding."""
+    """Everything that blocks, in one worker thread: the key, the body, the model lookup, loading, decoding."""
     with request.app.state.db.session() as session:
-        team = authenticate_request(session, request, credentials).require(Scope.predict)
-        body, images = _parse(raw)
-        prepared = service.prepare(
-            session,
-            request.app.state.store,
-            request.app.state.model_cache,
-            team.id,
-            body.model,
-            body.texts,
-            images,
-            InputLimits.from_settings(request.app.state.settings),
-            body.calibrated,
-        )
-    return prepared, body.top_k
+        team = authenticate_for_predict(session, request, credentials).require(Scope.predict)
+        return _prepare(request, team.id, raw, session)
 
 
 @router.post(
@@ -107,16 +145,30 @@ def _authorize_and_prepare(
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}},
 )
 async def predict_endpoint(request: Request, response: Response, credentials: BearerCredentials) -> dict:
-    """Top-k labels for each input; concurrent requests for one model share forward passes (X-Batch-* headers)."""
+    """Top-k labels for each input; concurrent requests for one model share forward passes (X-Batch-* headers).
+    An alias may split requests between models (`routing_key` keeps a caller on one); `model_id` says which served."""
+    started = time.monotonic()
     key = bearer_key(credentials)  # a 401 before any upload is read
     request.app.state.auth_throttle.check(client_address(request), key)  # and a 429 for an address guessing keys
-    cache: ModelCache = request.app.state.model_cache
-    with cache.preparing:  # the batcher waits for company only while some request is still on its way
+    serving: service.Serving = request.app.state.serving
+    with serving.cache.preparing:  # the batcher waits for company only while some request is still on its way
         raw = await _read(request)
-        # One hop to a worker thread instead of one per sync dependency: the threads' handoffs cost CPU too.
-        prepared, top_k = await run_in_threadpool(_authorize_and_prepare, request, credentials, raw)
+        prepared_top_k = _prepare_in_memory(request, key, raw)
+        if prepared_top_k is None:
+            # One hop to a worker thread instead of one per sync dependency: the threads' handoffs cost CPU too.
+            prepared_top_k = await run_in_threadpool(_authorize_and_prepare, request, credentials, raw)
+    prepared, top_k = prepared_top_k
     # Waiting for the batched forward holds no thread: 32 waiting clients cost 32 futures.
-    result = await prepared.submit(top_k)
+    try:
+        result = await prepared.submit(top_k)
+    except Exception:
+        service.record(serving, prepared, time.monotonic() - started, error=True)
+        raise
+    service.record(serving, prepared, time.monotonic() - started)
+    if prepared.routes is not None and prepared.routes.shadow is not None:
+        task = asyncio.create_task(service.shadow(serving, prepared, result))
+        _shadows.add(task)  # held until done (the loop keeps only a weak reference)
+        task.add_done_callback(_shadows.discard)
     response.headers["X-Batch-Size"] = str(result.batch_size)
     response.headers["X-Batch-Requests"] = str(result.batch_requests)
     return service.answer(prepared, result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,7 +14,8 @@ from app.jobs.tables import ACTIVE_STATUSES, TrainingJob
 from app.pagination import PageParams, newest_first
 from app.registry import promotion
 from app.registry.promotion import Metric
-from app.registry.tables import Alias, RegisteredModel
+from app.registry.routes import TOTAL_WEIGHT, Routes, ServedModel
+from app.registry.tables import Alias, AliasTraffic, RegisteredModel
 
 DEFAULT_ALIAS = "production"
 
@@ -37,36 +40,95 @@ def set_alias(
     session: Session,
     team_id: str,
     name: str,
-    model_id: str,
+    routes: list[tuple[str, int]],
+    shadow_model_id: str | None = None,
     force: bool = False,
     require_improvement: Metric | None = None,
+    before_move: Callable[[list[RegisteredModel]], None] | None = None,
 ) -> Alias:
-    """Point alias `name` at one of the team's models (created or moved); a model that learned nothing needs `force`;
-    with `require_improvement` an existing alias moves only to a model that scores better (app/registry/promotion.py)."""
-    model = get_model(session, team_id, model_id)
-    if model.below_baseline and not force:
-        accuracy = model.metrics.get("test_accuracy")
-        majority = model.metrics.get("majority_class_accuracy")
-        raise Conflict(
-            f"Model '{model_id}' never beat the majority class on validation (test accuracy {accuracy}, always "
-            f"predicting the most common label: {majority}); it has learned nothing useful. Retrain it (more data, "
-            f"more epochs, another base model), or send \"force\": true to point '{name}' at it anyway."
-        )
+    """Point alias `name` at one of the team's models, or split it by weight between several (created or moved), with
+    an optional shadow; a model that learned nothing needs `force`; with `require_improvement` an existing alias moves
+    only to a model that scores better (app/registry/promotion.py). `before_move(models)` runs once every check has
+    passed and before anything is written (the API loads and warms the models there; if it raises, nothing moves)."""
+    models = [get_model(session, team_id, model_id) for model_id, _ in routes]
+    shadow = get_model(session, team_id, shadow_model_id) if shadow_model_id else None
+    for model in models:
+        _check_learned(model, name, force)
     alias = session.get(Alias, (team_id, name))
+    model_id = max(routes, key=lambda route: route[1])[0]
     if alias is not None and require_improvement is not None and alias.model_id != model_id:
         current = get_model(session, team_id, alias.model_id)
-        promotion.require_improvement(session, name, current, model, require_improvement)
+        promotion.require_improvement(session, name, current, models[0], require_improvement)
+    if before_move is not None:
+        before_move(models + ([shadow] if shadow else []))
+    split = [{"model_id": m, "weight": w} for m, w in routes] if len(routes) > 1 else None
     if alias is None:
-        alias = Alias(team_id=team_id, name=name, model_id=model_id)
+        alias = Alias(team_id=team_id, name=name, model_id=model_id, routes=split, shadow_model_id=shadow_model_id)
         session.add(alias)
     else:
-        alias.model_id, alias.updated_at = model_id, utcnow()
+        alias.model_id, alias.routes, alias.shadow_model_id = model_id, split, shadow_model_id
+        alias.updated_at = utcnow()
     session.flush()
     return alias
 
 
+def _check_learned(model: RegisteredModel, name: str, force: bool) -> None:
+    if model.below_baseline and not force:
+        accuracy = model.metrics.get("test_accuracy")
+        majority = model.metrics.get("majority_class_accuracy")
+        raise Conflict(
+            f"Model '{model.id}' never beat the majority class on validation (test accuracy {accuracy}, always "
+            f"predicting the most common label: {majority}); it has learned nothing useful. Retrain it (more data, "
+            f"more epochs, another base model), or send \"force\": true to point '{name}' at it anyway."
+        )
+
+
+def get_alias(session: Session, team_id: str, name: str) -> Alias:
+    alias = session.get(Alias, (team_id, name))
+    if alias is None:
+        raise NotFound(f"No alias '{name}'. List yours with GET /aliases.")
+    return alias
+
+
+def alias_traffic(session: Session, team_id: str, name: str) -> tuple[Alias, list[AliasTraffic]]:
+    """The alias and its traffic counters, per model and role (routes first, then shadows)."""
+    alias = get_alias(session, team_id, name)
+    rows = session.scalars(
+        select(AliasTraffic)
+        .where(AliasTraffic.team_id == team_id, AliasTraffic.alias == name)
+        .order_by(AliasTraffic.role, AliasTraffic.model_id)
+    )
+    return alias, list(rows)
+
+
 def list_aliases(session: Session, team_id: str) -> list[Alias]:
     return list(session.scalars(select(Alias).where(Alias.team_id == team_id).order_by(Alias.name)))
+
+
+def resolve_routes(session: Session, team_id: str, ref: str | None) -> Routes:
+    """A model id or an alias name (default: production) to the models serving it: 404 as resolve_model."""
+    ref = ref or DEFAULT_ALIAS
+    alias = session.get(Alias, (team_id, ref))
+    if alias is None:
+        model = resolve_model(session, team_id, ref)
+        return Routes(None, ((_served(model), TOTAL_WEIGHT),))
+    weighted = alias.weighted_routes()
+    wanted = [m for m, _ in weighted] + ([alias.shadow_model_id] if alias.shadow_model_id else [])
+    found = {
+        m.id: _served(m)
+        for m in session.scalars(
+            select(RegisteredModel).where(RegisteredModel.team_id == team_id, RegisteredModel.id.in_(wanted))
+        )
+    }
+    routes = tuple((found[m], w) for m, w in weighted if m in found and w > 0)
+    if not routes:
+        raise NotFound(f"Alias '{ref}' routes to no model that still exists; point it at one (PUT /aliases/{ref}).")
+    shadow = found.get(alias.shadow_model_id) if alias.shadow_model_id else None
+    return Routes(ref, routes, shadow)
+
+
+def _served(model: RegisteredModel) -> ServedModel:
+    return ServedModel(model.id, model.task, model.storage_key)
 
 
 def resolve_model(session: Session, team_id: str, ref: str | None) -> RegisteredModel:
@@ -123,11 +185,15 @@ def register_model(
 def delete_model(session: Session, store: ArtifactStore, team_id: str, model_id: str) -> None:
     """Remove the model's row and files, unless an alias routes to it or an unfinished job trains from it."""
     model = get_model(session, team_id, model_id)
-    aliases = sorted(session.scalars(select(Alias.name).where(Alias.team_id == team_id, Alias.model_id == model_id)))
+    aliases = sorted(
+        a.name
+        for a in session.scalars(select(Alias).where(Alias.team_id == team_id))
+        if model_id in {m for m, _ in a.weighted_routes()} or a.shadow_model_id == model_id
+    )
     if aliases:
         names = ", ".join(f"'{a}'" for a in aliases)
         raise Conflict(
-            f"Model '{model_id}' is served by alias {names}; point the alias at another model "
+            f"Model '{model_id}' is served (or shadowed) by alias {names}; point the alias at another model "
             "(PUT /aliases/{name}) before deleting this one."
         )
     training = session.scalar(

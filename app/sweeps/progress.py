@@ -22,6 +22,7 @@ from app.jobs.service import create_job
 from app.jobs.tables import ACTIVE_STATUSES, FINISHED, JobEvent, JobStatus, Metric, TrainingJob
 from app.public_text import public_text
 from app.quotas.service import check_can_submit
+from app.registry.routes import TOTAL_WEIGHT
 from app.registry.service import set_alias
 from app.sweeps import space, study
 from app.sweeps.schemas import SweepCreate
@@ -274,7 +275,7 @@ def _promote(session: Session, sweep: Sweep, best: SweepTrial, alias: str) -> No
     else:
         try:
             with session.begin_nested():
-                set_alias(session, sweep.team_id, alias, model_id)
+                set_alias(session, sweep.team_id, alias, [(model_id, TOTAL_WEIGHT)])
             note = f"; alias '{alias}' now serves trial {best.number}'s model"
             session.execute(update(Sweep).where(Sweep.id == sweep.id).values(promoted_model_id=model_id))
         except AppError as exc:

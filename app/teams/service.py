@@ -107,6 +107,7 @@ class Caller:
     team: Team
     key_id: str
     scopes: str
+    expires_at: datetime | None = None
 
     def require(self, scope: Scope) -> Team:
         """The team, or 403 naming the scope this key lacks."""
@@ -143,7 +144,7 @@ def authenticate(session: Session, key: str) -> Caller:
             .where(ApiKey.id == api_key.id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale))
             .values(last_used_at=now)
         )
-    return Caller(team=team, key_id=api_key.id, scopes=api_key.scopes)
+    return Caller(team=team, key_id=api_key.id, scopes=api_key.scopes, expires_at=api_key.expires_at)
 
 
 def set_limits(session: Session, team_name: str, max_active_jobs: int | None, max_storage_mb: int | None) -> Team:

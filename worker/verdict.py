@@ -62,4 +62,7 @@ def model_metrics(report: dict) -> dict[str, Any]:
         "best_step": report["best_step"],
         "majority_class_accuracy": report["baselines"]["majority_class"]["accuracy"],
         "linear_probe_accuracy": probe.get("accuracy"),
+        "adapter": report.get("adapter"),
+        "trainable_parameters": report.get("trainable_parameters"),
+        "trainable_share": report.get("trainable_share"),
     }

@@ -154,7 +154,9 @@ def test_a_lora_job_trains_registers_a_merged_model_and_serves(service, client, 
     report = client.get(f"/jobs/{job['id']}/report").json()
     assert report["adapter"]["type"] == "lora" and report["adapter"]["target_modules"] == DEFAULT_TARGETS[base]
     assert 0 < report["trainable_parameters"] < report["total_parameters"]
-    assert report["trainable_share"] == pytest.approx(report["trainable_parameters"] / report["total_parameters"])
+    assert report["trainable_share"] == pytest.approx(
+        report["trainable_parameters"] / report["total_parameters"], abs=1e-6
+    )
     metrics = client.get(f"/models/{job['model_id']}").json()["metrics"]
     assert metrics["adapter"]["type"] == "lora" and metrics["trainable_share"] == report["trainable_share"]
     events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]

@@ -185,9 +185,9 @@ def test_a_lora_job_trains_registers_a_merged_model_and_serves(service, client, 
     ("base", "adapter", "options", "says"),
     [
         ("tiny-bert", {"target_modules": ["nope"]}, {}, "['nope'] name no layer of this model"),
-        ("tiny-bert", {"target_modules": ["nope"]}, {}, "query, value"),  # the names that exist
+        ("tiny-bert", {"target_modules": ["nope"]}, {}, "dense, key, position_embeddings, query"),  # what exists
         ("tiny-timm", {"target_modules": ["conv_dw"]}, {}, "grouped (depthwise) convolutions"),
-        ("tiny-timm", {"target_modules": ["conv_dw"]}, {}, "conv_pw"),
+        ("tiny-timm", {"target_modules": ["conv_dw"]}, {}, "this model's are conv, conv_exp, conv_expand, conv_head"),
         ("tiny-bert", {"target_modules": ["classifier"]}, {}, "the classification head"),
         ("tiny-bert", {"target_modules": ["LayerNorm"]}, {}, "cannot adapt (LayerNorm"),
         ("tiny-bert", {}, {"freeze": "backbone"}, 'freeze "backbone"'),

@@ -62,7 +62,8 @@ def target_problem(model: torch.nn.Module, targets: list[str], head_modules: set
     if grouped:
         return (
             "adapter.target_modules reach grouped (depthwise) convolutions, whose LoRA updates cannot be merged into "
-            f"the exported weights: {', '.join(grouped[:10])}. LoRA here supports {SUPPORTED}"
+            f"the exported weights: {', '.join(grouped[:10])}. LoRA here supports {SUPPORTED}; this model's are "
+            f"{', '.join(adaptable_layer_names(model, head_modules)[:40])}"
         )
     unsupported = sorted(name for name in reached if not isinstance(modules[name], ADAPTABLE))
     if unsupported:

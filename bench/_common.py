@@ -109,8 +109,10 @@ class BestKeepingHooks:
 
     def __init__(self, name: str) -> None:
         self.name, self.evals, self.best_state, self.started = name, [], None, time.perf_counter()
+        self.rates: list[float] = []  # training samples/s of each step (the step alone: no evaluation, no saving)
 
     def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
+        self.rates.append(samples_per_s)
         if step % 20 == 0:
             log(
                 f"[{self.name}] step {step} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.2e} {samples_per_s:.1f} samples/s"
@@ -136,6 +138,7 @@ def service_finetune(name: str, task: str, base: Path, labels: list[str], record
     import torch
 
     from app.jobs.schemas import Hyperparameters
+    from worker.training.adapters import trainable_summary
     from worker.training.evaluation import summary_metrics
     from worker.training.loop import evaluate, fit
     from worker.training.probe import baselines_and_head_start
@@ -153,12 +156,19 @@ def service_finetune(name: str, task: str, base: Path, labels: list[str], record
     split = "test" if len(run.splits["test"]) else "val"
     _, y, predicted = evaluate(run, split)
     scores = summary_metrics(y, predicted, len(labels))
+    rates = sorted(hooks.rates[1:] or hooks.rates)  # the first step warms up allocators and caches
+    params = trainable_summary(run.model, run.hp.adapter)
     return {
         "method": "service_finetune",
         "hyperparameters": overrides or "defaults",
         "test_accuracy": round(scores["accuracy"], 4),
         "test_macro_f1": round(scores["macro_f1"], 4),
         "test_examples": int(len(y)),
+        "train_samples_per_s": round(rates[len(rates) // 2], 2) if rates else None,  # the median step
+        "trainable_parameters": params["trainable_parameters"],
+        "trainable_share": params["trainable_share"],
+        "adapter_targets": (params["adapter"] or {}).get("target_modules"),
+        **checkpoint_sizes(run, state),
         "strategy": run.hp.strategy,
         "epochs": run.hp.epochs,
         "epochs_run": state.epoch,
@@ -174,6 +184,22 @@ def service_finetune(name: str, task: str, base: Path, labels: list[str], record
         "train_s": round(trained - prepared, 1),
         "total_s": round(time.perf_counter() - started, 1),
         "notes": notes + baselines.notes,
+    }
+
+
+def checkpoint_sizes(run, state) -> dict[str, float]:
+    """MB of the run's checkpoint as the worker writes it: the weights file and the whole folder (optimizer state,
+    RNG, trainer state too)."""
+    import tempfile
+
+    from worker.training.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_checkpoint(Path(tmp) / "checkpoint", run.model, run.optimizer, run.scheduler, state)
+        sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    return {
+        "checkpoint_weights_mb": round(sizes["model.safetensors"] / 2**20, 3),
+        "checkpoint_mb": round(sum(sizes.values()) / 2**20, 3),
     }
 
 

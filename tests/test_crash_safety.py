@@ -192,3 +192,43 @@ def test_cancel_while_the_worker_is_dead_stays_cancelled(crashy):
     assert marker["status"] == "succeeded"
     again = client.get(f"/jobs/{job_id}").json()
     assert again["status"] == "cancelled" and again["attempt"] == 1
+
+
+@pytest.mark.parametrize("base", ["tiny-bert", "tiny-timm"])
+def test_sigkill_of_a_lora_job_resumes_bit_identically_from_its_small_checkpoints(crashy, base):
+    """A LoRA job's checkpoints hold the adapter, the head and the buffers (tiny-timm's BatchNorm statistics); the
+    frozen base weights come from the base model on resume. The merged export, the adapter files and every logged
+    loss match the uninterrupted job's."""
+    service, client, text_dataset = crashy
+    if base == "tiny-bert":
+        dataset_id, options = text_dataset, {**HP, "seed": 17}
+    else:
+        upload = {"file": ("colors.zip", image_zip(per_class=150), "application/zip")}
+        dataset = client.post("/datasets", files=upload, data={"task": "image_classification"})
+        assert dataset.status_code == 201, dataset.text
+        dataset_id = dataset.json()["id"]
+        options = {"epochs": 2, "batch_size": 8, "eval_every_steps": 7, "early_stopping": None, "seed": 17}
+    options["adapter"] = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1}
+    body = {"dataset_id": dataset_id, "base_model": base, "hyperparameters": options}
+    reference = wait_for_job(client, client.post("/jobs", json=body).json()["id"])
+    assert reference["status"] == "succeeded", reference["error"]
+    worker = next(name for name, proc in service.processes.items() if name.startswith("worker") and proc.poll() is None)
+    job_id = client.post("/jobs", json=body).json()["id"]
+    assert wait_for_step(client, job_id, 12)["step"] < reference["total_steps"] - 10  # a checkpoint mid-run
+    service.processes[worker].send_signal(signal.SIGKILL)
+    service.processes[worker].wait()
+    service.start_worker(f"worker-lora-{base}")
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["error"]
+    assert "resumed" in _kinds(client, job_id)
+    store = service.store()
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        resumed = load_file(str(store.local_dir(model_key(job["model_id"])) / name))
+        uninterrupted = load_file(str(store.local_dir(model_key(reference["model_id"])) / name))
+        assert resumed.keys() == uninterrupted.keys()
+        for tensor_name, tensor in uninterrupted.items():
+            assert resumed[tensor_name].equal(tensor), (name, tensor_name)
+    assert client.get(f"/jobs/{job_id}/report").json() == client.get(f"/jobs/{reference['id']}/report").json()
+    series = client.get(f"/jobs/{job_id}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    ref = client.get(f"/jobs/{reference['id']}/metrics", params={"name": "train_loss", "limit": 10000}).json()["items"]
+    assert [(m["step"], m["value"]) for m in series] == [(m["step"], m["value"]) for m in ref]

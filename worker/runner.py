@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from sqlalchemy.orm import Session
 
 from app.artifacts.layout import model_key, read_dataset
@@ -32,6 +33,7 @@ from worker.db_retry import retrying
 from worker.hooks import DbHooks, Heartbeat
 from worker.reports import evaluation_report, example_references
 from worker.sweep_trials import after_trial, open_trial
+from worker.training.adapters import save_merged, trainable_summary
 from worker.training.checkpoint import load_weights
 from worker.training.loop import Run, fit
 from worker.training.probe import baselines_and_head_start
@@ -131,9 +133,10 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
         )
     report = test_best(run, ctx.store, references)
     report.update(strategy=run.hp.strategy, **compare_with_baselines(report, baselines, state.top_val_accuracy))
+    report.update(trainable_summary(run.model, run.hp.adapter))
     kind, verdict = verdict_on_baselines(report)
     hooks.event(kind, verdict)
-    model_id = export_model(run, ctx, report["calibration"])
+    model_id = export_model(run, ctx, spec.base_model.name, report["calibration"])
     ctx.transact("model registration", lambda session: _register(session, ctx, spec, model_id, report))
 
 
@@ -146,12 +149,14 @@ def test_best(run: Run, store: ArtifactStore, references: dict[str, list[dict]])
     return report
 
 
-def export_model(run: Run, ctx: JobContext, calibration: dict) -> str:
+def export_model(run: Run, ctx: JobContext, base_model_name: str, calibration: dict) -> str:
     """Save the model in Hugging Face format (config with id2label, safetensors, processor) to the store, with the
-    temperature fitted on the validation split (`calibration`, the report's) in calibration.json."""
+    temperature fitted on the validation split (`calibration`, the report's) in calibration.json; a model trained
+    with an adapter is saved with the adapter merged into its weights, and the adapter beside it."""
     model_id = new_id()
     folder = _export_folder(ctx)
-    run.model.save_pretrained(str(folder), safe_serialization=True)
+    model = save_merged(run.model, folder, base_model_name) if isinstance(run.model, PeftModel) else run.model
+    model.save_pretrained(str(folder), safe_serialization=True)
     run.spec.save_processor(run.processor, folder, run.prep)
     run.prep.save(folder)
     if calibration["temperature"] is not None:

@@ -64,4 +64,7 @@ def model_metrics(report: dict) -> dict[str, Any]:
         "linear_probe_accuracy": probe.get("accuracy"),
         "test_ece": report["calibration"]["ece"],
         "temperature": report["calibration"]["temperature"],
+        "adapter": report.get("adapter"),
+        "trainable_parameters": report.get("trainable_parameters"),
+        "trainable_share": report.get("trainable_share"),
     }

@@ -42,6 +42,14 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
     "conv_image": {"adamw": 1e-3, "sgd": 1e-2},
     "vision_transformer": {"adamw": 1e-4, "sgd": 1e-3},
 }
+# With an adapter (LoRA) only a few low-rank updates and the head train, and they take larger steps: the LoRA paper's
+# rates for RoBERTa-base on GLUE (4e-4 to 5e-4) for transformers, twice the full rate for convolutional models. Not
+# yet measured here: bench/accuracy.py --compare-lora puts them beside full fine-tuning.
+ADAPTER_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "text_encoder": {"adamw": 5e-4, "sgd": 5e-3},
+    "conv_image": {"adamw": 2e-3, "sgd": 2e-2},
+    "vision_transformer": {"adamw": 5e-4, "sgd": 5e-3},
+}
 MAX_EPOCHS = 60
 EVALUATIONS = 10  # when "auto" makes many short epochs, evaluate about this many times instead of every epoch
 # Measured on Rotten Tomatoes-100 with MiniLM (bench/small_data.py): starting from a linear-probe head (lp_ft) at the
@@ -92,9 +100,11 @@ def apply_defaults(
         filled["batch_size"] = batch_size
     if hp.learning_rate is None:
         family = family if family in LEARNING_RATES else defaults["family"]
-        filled["learning_rate"] = LEARNING_RATES[family][hp.optimizer]
+        rates = ADAPTER_LEARNING_RATES if hp.adapter is not None else LEARNING_RATES
+        filled["learning_rate"] = rates[family][hp.optimizer]
         auto["learning_rate"] = (
             f"{filled['learning_rate']:g}: {hp.optimizer}'s rate for {family.replace('_', ' ')} models"
+            f"{' with a ' + hp.adapter.type + ' adapter' if hp.adapter is not None else ''}"
         )
     if hp.epochs == "auto":
         filled["epochs"], auto["epochs"] = auto_epochs(task, train_rows, batch_size)

@@ -128,8 +128,10 @@ def estimate(
     if model is None:
         return MemoryEstimate(data, None, None, None, detail)
     weights = model.parameters * FLOAT_BYTES
-    # gradients plus AdamW's two moments (SGD: one momentum buffer); a frozen backbone trains only a small head
-    per_weight = 0 if hp.freeze == "backbone" else (3 if hp.optimizer == "adamw" else 2)
+    # gradients plus AdamW's two moments (SGD: one momentum buffer); a frozen backbone trains only a small head, an
+    # adapter (LoRA) a small share of the weights besides it
+    frozen = hp.freeze == "backbone" or hp.adapter is not None
+    per_weight = 0 if frozen else (3 if hp.optimizer == "adamw" else 2)
     return MemoryEstimate(data, weights, weights * per_weight, _activations(task, hp, model, sequence), detail)
 
 

@@ -22,6 +22,27 @@ class EarlyStopping(BaseModel):
     min_delta: float = Field(0.0, ge=0.0, le=1000.0, description="smallest change that counts as an improvement")
 
 
+class Adapter(BaseModel):
+    """A parameter-efficient adapter trained through peft in place of the base model's weights (which stay frozen);
+    the new classification head trains in full. The exported model has the adapter merged into its weights."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    type: Literal["lora"] = Field("lora", description='"lora": low-rank updates of chosen Linear and 1x1 Conv layers')
+    r: int = Field(8, ge=1, le=256, description="rank of each low-rank update")
+    alpha: int = Field(16, ge=1, le=4096, description="scaling: each update is multiplied by alpha / r")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="names (or name endings) of the layers to adapt; null: peft's choice for the architecture, else "
+        "the attention's query and value projections (BERT/MiniLM, ViT; timm ViT's fused qkv), else the pointwise "
+        "(1x1) convolutions of convolutional models (EfficientNet, ResNet). Depthwise/grouped convolutions cannot be "
+        "merged into exported weights and are refused",
+    )
+
+
 class Hyperparameters(BaseModel):
     """How to fine-tune. Every field has a default a user can trust; those whose best value depends on the task or
     the data (epochs, batch_size, learning_rate, lr_scheduler, strategy) are decided by app/jobs/defaults.py when the API accepts
@@ -95,6 +116,11 @@ class Hyperparameters(BaseModel):
         description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '
         '(a linear probe), then train everything; "head_only": train only the head; "auto": full (see README)',
     )
+    adapter: Adapter | None = Field(
+        None,
+        description='null: train the model\'s own weights as freeze and strategy say; {"type": "lora", ...}: train a '
+        'LoRA adapter and the head only (not with freeze "backbone"/"last_n" or strategy "head_only")',
+    )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     eval_every_steps: int | None = Field(None, ge=1, le=10**9, description="evaluate every N steps; null: each epoch")
     seed: int = Field(42, ge=0, le=2**32 - 1)
@@ -159,6 +185,17 @@ class Hyperparameters(BaseModel):
             raise ValueError('freeze "last_n" needs trainable_layers: how many of the last encoder blocks to train')
         if self.freeze != "last_n" and self.trainable_layers is not None:
             raise ValueError('trainable_layers applies only with freeze "last_n"; set freeze to "last_n" or drop it')
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_trains_instead_of_freezing(self) -> Hyperparameters:
+        """An adapter already freezes the base model: it does not mix with the freeze options."""
+        if self.adapter is not None and self.freeze != "none":
+            raise ValueError(
+                f'adapter "{self.adapter.type}" freezes the base model itself and trains the adapter and the head; '
+                f'freeze "{self.freeze}"{" (strategy head_only)" if self.strategy == "head_only" else ""} cannot be '
+                'combined with it: drop freeze (and strategy "head_only"), or drop adapter'
+            )
         return self
 
 

@@ -10,6 +10,7 @@ from app.artifacts.store import ArtifactStore
 from app.base_models.resolve import BaseModelRef
 from app.datasets.tables import Dataset
 from app.errors import InvalidInput
+from app.jobs.adapters import default_targets, model_skeleton, named_head_modules, target_problem
 from app.jobs.blocks import BLOCK_LISTS, find_blocks, weight_names
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.types import TaskType
@@ -35,6 +36,7 @@ def check_spec(
     _check_splits(dataset)
     _check_class_weights(hp, dataset)
     _check_trainable_layers(hp, base)
+    _check_adapter(hp, dataset, base, task)
     if hp.augmentation != "none" and task != TaskType.image_classification:
         raise InvalidInput(
             f"augmentation \"{hp.augmentation}\" applies to image datasets only and dataset '{dataset.name}' is "
@@ -92,6 +94,21 @@ def _check_trainable_layers(hp: Hyperparameters, base: BaseModelRef) -> None:
             f"trainable_layers {hp.trainable_layers} is more than the {blocks.count} blocks of base_model "
             f"'{base.name}' ({blocks.prefix}); set it to {blocks.count} or less, or freeze \"none\" to train them all"
         )
+
+
+def _check_adapter(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, task: TaskType) -> None:
+    """An adapter's layers must exist and be ones LoRA can adapt and merge (checked where the base model's files are on
+    this machine and its architecture builds from its config; otherwise the worker checks and fails the job)."""
+    if hp.adapter is None or base.folder is None:
+        return
+    try:
+        skeleton = model_skeleton(base.folder, task, len(dataset.labels))
+    except Exception:  # an unreadable or unknown config: the worker loads the model and says what is wrong
+        return
+    targets = hp.adapter.target_modules or default_targets(skeleton)
+    problem = target_problem(skeleton, targets, named_head_modules(skeleton))
+    if problem:
+        raise InvalidInput(f"base_model '{base.name}': {problem}")
 
 
 def base_config(base: BaseModelRef, store: ArtifactStore) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from app.jobs.schemas import Hyperparameters
 from app.sweeps.schemas import ParamSpace, SweepCreate
 
 # Objects, or read-only: not something a sampler can choose.
-NOT_SEARCHABLE = {"early_stopping", "auto", "expected_memory"}
+NOT_SEARCHABLE = {"early_stopping", "adapter", "auto", "expected_memory"}
 SEARCHABLE = sorted(set(Hyperparameters.model_fields) - NOT_SEARCHABLE)
 MAX_GRID = 100_000
 

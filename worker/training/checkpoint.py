@@ -1,4 +1,8 @@
-"""Checkpoints: one folder per save, safetensors for tensors and JSON for the rest; nothing is pickled."""
+"""Checkpoints: one folder per save, safetensors for tensors and JSON for the rest; nothing is pickled.
+
+A model with frozen parameters (an adapter, a frozen backbone or early blocks) is checkpointed as what trains plus its
+buffers (BatchNorm statistics move even under a frozen backbone): the frozen weights are the base model's, which
+every attempt loads afresh, so the checkpoint stays small and a resume stays exact."""
 
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from worker.training.state import FitState
 
 MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+PARTIAL = {"holds": "trainable parameters and buffers"}  # the weights file's metadata when it is not the whole model
 
 
 def save_checkpoint(
@@ -26,7 +33,7 @@ def save_checkpoint(
     staging = folder.with_name(folder.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_model(model, str(staging / "model.safetensors"))
+    save_weights(model, staging / WEIGHTS)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, str(staging / "optimizer.safetensors"))
     save_file(_rng_tensors(), str(staging / "rng.safetensors"))
@@ -46,7 +53,7 @@ def save_checkpoint(
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> FitState:
     """Restore everything save_checkpoint wrote; refuses a folder whose checksums do not match."""
     verify_manifest(folder)
-    load_model(model, str(folder / "model.safetensors"))
+    restore_weights(model, folder / WEIGHTS)
     meta = json.loads((folder / "trainer_state.json").read_text())
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
@@ -62,7 +69,35 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 def load_weights(folder: Path, model: torch.nn.Module) -> None:
     """Only the model weights of a checkpoint (for the final evaluation)."""
     verify_manifest(folder)
-    load_model(model, str(folder / "model.safetensors"))
+    restore_weights(model, folder / WEIGHTS)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The whole model when everything trains; else its trainable parameters and its buffers."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if len(trainable) == len(list(model.parameters())):
+        save_model(model, str(path))
+        return
+    kept = trainable | {name for name, _ in model.named_buffers()}
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items() if name in kept}
+    save_file(tensors, str(path), metadata={"format": "pt", **PARTIAL})
+
+
+def restore_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load what save_weights wrote; a partial file must hold every parameter that trains and nothing unknown."""
+    with safe_open(str(path), framework="pt") as f:
+        partial = (f.metadata() or {}).get("holds") == PARTIAL["holds"]
+    if not partial:
+        load_model(model, str(path))
+        return
+    tensors = load_file(str(path))
+    _, unexpected = model.load_state_dict(tensors, strict=False)
+    lacking = [name for name, p in model.named_parameters() if p.requires_grad and name not in tensors]
+    if unexpected or lacking:
+        raise ValueError(
+            f"its weights do not fit this model ({len(unexpected)} unknown, {len(lacking)} trainable missing: "
+            f"{', '.join([*unexpected, *lacking][:3])})"
+        )
 
 
 def verify_manifest(folder: Path) -> None:

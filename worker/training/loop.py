@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from transformers import PreTrainedModel
 
 from app.jobs.schemas import Hyperparameters
@@ -41,7 +42,7 @@ class RunHooks(Protocol):
 class Run:
     """Everything one training run holds; `state` is what changes."""
 
-    model: PreTrainedModel
+    model: PreTrainedModel | PeftModel  # PeftModel: trained with an adapter (worker/training/adapters.py)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     spec: TaskSpec

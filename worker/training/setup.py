@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import get_scheduler
+from peft import PeftModel
+from transformers import PreTrainedModel, get_scheduler
 
 from app.jobs.blocks import find_blocks
 from app.jobs.defaults import apply_defaults
@@ -16,6 +17,7 @@ from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import head_parameter_names, trained_labels
 from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import task_spec
+from worker.training.adapters import attach_adapter, describe_trainable, trainable_summary
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
 from worker.training.loss import class_weight_tensor
@@ -50,14 +52,18 @@ def build_run(
     assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler and hp.batch_size, (
         "apply_defaults decides"
     )
-    model, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
+    loaded, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
+    model: PreTrainedModel | PeftModel = loaded
     if isinstance(splits["train"].encoded, DecodedPerBatch):
         notes.append(
             "the decoded images would take more memory than a job may hold (FINETUNE_JOB_MEMORY_BUDGET_MB): "
             "they are decoded per batch instead, which is slower"
         )
+    head = head_parameter_names(loaded, fresh)
+    if hp.adapter is not None:
+        model, head = attach_adapter(loaded, head, hp.adapter)
+        notes.append(describe_trainable(trainable_summary(model, hp.adapter)))
     torch.nn.Module.to(model, device)  # PreTrainedModel.to's type hints reject a device
-    head = head_parameter_names(model, fresh)
     if hp.freeze == "backbone":
         freeze_backbone(model, head)
     elif hp.freeze == "last_n":

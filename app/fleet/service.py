@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import DEFAULT_POOL, Settings
-from app.db import utcnow
+from app.db import rows_changed, utcnow
 from app.errors import InvalidInput
 from app.fleet.tables import FleetWorker
 from app.jobs.scheduling import alive_workers
@@ -38,10 +38,8 @@ def register_worker(session: Session, name: str, pool: str, devices: int, device
 
 def beat(session: Session, name: str) -> bool:
     """Renew the worker's heartbeat; False when its row is gone (forgotten): register again."""
-    changed = session.execute(
-        update(FleetWorker).where(FleetWorker.name == name).values(heartbeat_at=utcnow(), stopped_at=None)
-    )
-    return bool(getattr(changed, "rowcount", 0))
+    statement = update(FleetWorker).where(FleetWorker.name == name).values(heartbeat_at=utcnow(), stopped_at=None)
+    return rows_changed(session, statement) == 1
 
 
 def stopped(session: Session, name: str) -> None:
@@ -52,8 +50,7 @@ def stopped(session: Session, name: str) -> None:
 def forget_old_workers(session: Session, settings: Settings) -> int:
     """Drop workers not heard from within FINETUNE_POOL_MEMORY_SECONDS (their pools are forgotten with them)."""
     cutoff = utcnow() - timedelta(seconds=settings.pool_memory_seconds)
-    result = session.execute(delete(FleetWorker).where(FleetWorker.heartbeat_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)
+    return rows_changed(session, delete(FleetWorker).where(FleetWorker.heartbeat_at < cutoff))
 
 
 # --- pools --------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def wake_idle_pools(session: Session, settings: Settings, send: Send) -> list[st
     pool's job freed its team's cap): wake each pool that has an idle live worker and a job that worker could claim.
     Returns the jobs whose messages were sent."""
     now = utcnow()
+    recently = now - timedelta(seconds=settings.reaper_interval_seconds)  # of many reapers, one wakes it per round
     busy = set(session.scalars(select(TrainingJob.worker).where(TrainingJob.status == JobStatus.running)))
     idle: dict[str, int] = {}
     for worker in scheduling.alive_workers(session, settings, None, now):
@@ -72,7 +73,7 @@ def wake_idle_pools(session: Session, settings: Settings, send: Send) -> list[st
     woken = []
     for pool, devices in sorted(idle.items()):
         first = next(iter(scheduling.candidates(session, settings, pool, devices)), None)
-        if first is not None and lifecycle.dispatch(session, first.id, send, resend_before=now) == Sending.sent:
+        if first is not None and lifecycle.dispatch(session, first.id, send, resend_before=recently) == Sending.sent:
             woken.append(first.id)
     forget_old_workers(session, settings)
     session.commit()

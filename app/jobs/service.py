@@ -77,6 +77,7 @@ class JobSpec:
     dataset_key: str
     dataset_name: str
     labels: list[str]
+    gpus: int = 1  # devices of its worker it asked for (resources.gpus)
 
 
 def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
@@ -99,6 +100,7 @@ def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
         dataset_key=dataset.storage_key,
         dataset_name=dataset.name,
         labels=list(dataset.labels),
+        gpus=job.gpus,
     )
 
 

@@ -18,6 +18,7 @@ from tests.factories import text_csv
 from tests.stacks import private_stack
 
 HP = {"epochs": 1, "batch_size": 8, "early_stopping": None, "max_steps": 2}
+LONG = {"epochs": 6, "batch_size": 8, "early_stopping": None}
 FAIR, CAPPED, X = "fair", "default", "x"  # pools: one worker; two workers; one worker
 
 
@@ -40,8 +41,10 @@ def _team(service: Service, name: str) -> tuple[httpx.Client, str]:
     return client, dataset.json()["id"]
 
 
-def _submit(client: httpx.Client, dataset: str, pool: str, priority: str = "normal", gpus: int = 1) -> dict:
-    body = {"dataset_id": dataset, "base_model": "tiny-bert", "hyperparameters": HP, "priority": priority,
+def _submit(
+    client: httpx.Client, dataset: str, pool: str, priority: str = "normal", gpus: int = 1, hyperparameters: dict = HP
+) -> dict:
+    body = {"dataset_id": dataset, "base_model": "tiny-bert", "hyperparameters": hyperparameters, "priority": priority,
             "resources": {"pool": pool, "gpus": gpus}}  # fmt: skip
     answer = client.post("/jobs", json=body)
     assert answer.status_code == 201, answer.text
@@ -90,10 +93,14 @@ def test_a_second_team_is_not_stuck_behind_the_first_ones_queue(fleet):
 def test_priorities_order_a_teams_own_jobs(fleet):
     client, data = _team(fleet, "prio")
     _wait_workers(client, {FAIR: 1})
-    first = _submit(client, data, FAIR)["id"]  # keeps the worker busy while the others queue
+    first = _submit(client, data, FAIR, hyperparameters=LONG)["id"]  # keeps the worker busy while the others queue
+    wait_for_job(client, first, {"running"})
     low = _submit(client, data, FAIR, "low")["id"]
     normal = _submit(client, data, FAIR, "normal")["id"]
     high = _submit(client, data, FAIR, "high")["id"]
+    assert client.get(f"/jobs/{first}").json()["status"] == "running", "the first job ended before the others queued"
+    queued = client.get(f"/jobs/{low}").json()
+    assert (queued["queue_position"], queued["waiting_for"]) == (3, "turn"), queued
     jobs = {name: wait_for_job(client, job_id, timeout=300) for name, job_id in
             {"first": first, "low": low, "normal": normal, "high": high}.items()}  # fmt: skip
     assert {j["status"] for j in jobs.values()} == {"succeeded"}

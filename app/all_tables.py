@@ -1,8 +1,9 @@
 """Imports every ORM model so Base.metadata is complete (for Alembic and tests)."""
 
 from app.datasets.tables import Dataset
+from app.fleet.tables import FleetWorker
 from app.idempotency.tables import IdempotentRequest
-from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
+from app.jobs.tables import Checkpoint, DeviceUsage, JobEvent, Metric, TrainingJob
 from app.registry.tables import Alias, AliasTraffic, RegisteredModel
 from app.sweeps.tables import Sweep, SweepTrial
 from app.teams.tables import ApiKey, Team
@@ -13,6 +14,8 @@ __all__ = [
     "ApiKey",
     "Checkpoint",
     "Dataset",
+    "DeviceUsage",
+    "FleetWorker",
     "IdempotentRequest",
     "JobEvent",
     "Metric",

@@ -137,6 +137,8 @@ def teams_limits(
     team: str = typer.Option(..., "--team", help="team name"),
     active_jobs: int | None = typer.Option(None, min=0, help="jobs queued or running at once (0: the default)"),
     storage_mb: int | None = typer.Option(None, min=0, help="MB of datasets, models, checkpoints (0: the default)"),
+    weight: float | None = typer.Option(None, min=0, help="its share of the fleet against other teams' (0: back to 1)"),
+    max_running_jobs: int | None = typer.Option(None, min=0, help="jobs it may run at once (0: the default)"),
 ) -> None:
     """Set a team's own limits, then print its usage against them (as GET /usage shows it)."""
     import json
@@ -151,8 +153,12 @@ def teams_limits(
     db = Database(settings.database_url)
     try:
         with db.session() as session:
-            row = set_limits(session, team, active_jobs, storage_mb)
-            typer.echo(json.dumps({"team": row.name, **usage(session, settings, row).as_dict()}, indent=2))
+            row = set_limits(session, team, active_jobs, storage_mb, weight, max_running_jobs)
+            shares = {
+                "weight": row.weight or 1.0,
+                "max_running_jobs": row.max_running_jobs or settings.team_max_running_jobs,
+            }
+            typer.echo(json.dumps({"team": row.name, **usage(session, settings, row).as_dict(), **shares}, indent=2))
     except AppError as exc:
         typer.echo(exc.detail, err=True)
         raise typer.Exit(1) from None
@@ -185,9 +191,27 @@ def import_models() -> None:
 
 
 @cli.command()
-def worker() -> None:
-    """Run one training worker in the foreground (pin a GPU with CUDA_VISIBLE_DEVICES)."""
-    os.execv(sys.executable, worker_command())
+def worker(
+    pool: str = typer.Option(
+        None, "--pool", help="the pool this worker serves (default: FINETUNE_WORKER_POOL, else 'default')"
+    ),
+    gpus: int = typer.Option(
+        None, "--gpus", min=1, max=64, help="devices it holds (default: the visible GPUs, or 1 on a CPU machine)"
+    ),
+) -> None:
+    """Run one training worker in the foreground; it runs the jobs of its pool, one at a time, on up to GPUS
+    devices each (choose which with CUDA_VISIBLE_DEVICES)."""
+    import re
+
+    from app.config import POOL_PATTERN
+
+    if pool is not None and not re.match(POOL_PATTERN, pool):
+        raise typer.BadParameter("lower-case letters, digits, - and _, at most 40, starting with a letter or digit")
+    if pool is not None:
+        os.environ["FINETUNE_WORKER_POOL"] = pool
+    if gpus is not None:
+        os.environ["FINETUNE_WORKER_GPUS"] = str(gpus)
+    os.execv(sys.executable, worker_command(pool=get_settings().worker_pool if pool is None else pool))
 
 
 @cli.command()
@@ -207,7 +231,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s finetune up: %(message)s")
     settings = get_settings()
     supervisor = Supervisor(
-        {"worker": worker_command(), "api": api_command(host, port)},
+        {"worker": worker_command(pool=settings.worker_pool), "api": api_command(host, port)},
         on_exit=lambda name, proc: reclaim_jobs_of(settings, name, proc),
     )
     typer.echo(f"API on http://{host}:{port}  docs: http://{host}:{port}/docs  (Ctrl-C to stop)")

@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import input_limits as caps
 
+POOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+DEFAULT_POOL = "default"  # the pool of jobs that name none and of workers started without --pool
+
 
 class Settings(BaseSettings):
     """Everything that differs between the embedded default and a production stack."""
@@ -105,6 +108,27 @@ class Settings(BaseSettings):
         None, description="if set, GET /metrics asks for it as a bearer token; unset, /metrics is open (no team data)"
     )
     reaper_interval_seconds: float = Field(15, gt=0, description="how often each worker looks for lost jobs")
+    worker_pool: str = Field(
+        DEFAULT_POOL, pattern=POOL_PATTERN, description="the pool this worker serves (`finetune worker --pool`)"
+    )
+    worker_gpus: int | None = Field(
+        None, ge=1, le=64, description="devices this worker holds (`--gpus`); default: the visible GPUs, or 1 on CPU"
+    )
+    pools: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9_-]{0,39}:[0-9]{1,2})?(,[a-z0-9][a-z0-9_-]{0,39}:[0-9]{1,2})*$",
+        description="pools the fleet has even while none of their workers runs, as name:devices-per-worker "
+        "(`a100:8,cpu:1`); jobs may also ask for any pool a worker reported within FINETUNE_POOL_MEMORY_SECONDS",
+    )
+    pool_memory_seconds: float = Field(
+        7 * 24 * 3600, gt=0, description="how long a pool a worker reported stays known after its last heartbeat"
+    )
+    fair_share_window_seconds: float = Field(
+        24 * 3600, gt=0, description="the sliding window over which teams' device-seconds are compared"
+    )
+    team_max_running_jobs: int | None = Field(
+        None, ge=1, description="jobs one team may run at once across the fleet; unset: no cap (see teams limits)"
+    )
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:

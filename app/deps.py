@@ -15,6 +15,7 @@ from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.db import utcnow
 from app.errors import Unauthorized
+from app.jobs.lifecycle import Send
 from app.queue import enqueue_checkpoint_report, enqueue_training
 from app.teams.scopes import Scope
 from app.teams.service import Caller, authenticate
@@ -123,7 +124,7 @@ def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_sender(request: Request) -> Callable[[str], None]:
+def get_sender(request: Request) -> Send:
     """Sends a committed job's id to the training queue (see lifecycle.dispatch)."""
     return partial(enqueue_training, request.app.state.celery)
 
@@ -144,7 +145,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentTeam = Annotated[Team, Depends(require(Scope.read))]
 NEEDS_TRAIN: Any = Depends(require(Scope.train))
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
-SendJob = Annotated[Callable[[str], None], Depends(get_sender)]
+SendJob = Annotated[Send, Depends(get_sender)]
 SendReport = Annotated[Callable[[str], None], Depends(get_report_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # A dataset, job or model id in a URL: bounded, so a 404 never echoes more than this.

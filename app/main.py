@@ -25,6 +25,7 @@ from app.datasets.router import router as datasets_router
 from app.db import Database, is_connection_error
 from app.deps import check_key_before_body, known_predict_key
 from app.errors import AppError
+from app.fleet.router import router as pools_router
 from app.inference.cache import ModelCache
 from app.inference.router import router as predict_router
 from app.inference.service import Serving
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets_router,
         jobs_router,
         sweeps_router,
+        pools_router,
         models_router,
         predict_router,
         usage_router,

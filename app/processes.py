@@ -14,15 +14,20 @@ from pathlib import Path
 
 import httpx
 
+from app.config import DEFAULT_POOL
+from app.queue import queue_for
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def worker_command(name: str = "worker") -> list[str]:
-    """One worker process: the solo pool keeps CUDA out of forked children; one process per GPU."""
+def worker_command(name: str = "worker", pool: str = DEFAULT_POOL) -> list[str]:
+    """One worker process consuming its pool's queue: the solo pool keeps CUDA out of forked children; it runs one
+    job at a time (on as many of its devices as the job asks for). Its pool and devices come from
+    FINETUNE_WORKER_POOL and FINETUNE_WORKER_GPUS (`finetune worker --pool --gpus` sets them)."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-P", "solo", "-Q", "training", "--loglevel", "INFO", "-n", f"{name}@%h",
+        "-P", "solo", "-Q", queue_for(pool), "--loglevel", "INFO", "-n", f"{name}@%h",
     ]  # fmt: skip
 
 

@@ -1,16 +1,24 @@
-"""The Celery application both sides share: the API only sends task names, workers run them."""
+"""The Celery application both sides share: the API only sends task names, workers run them.
+
+Each pool of workers consumes a queue of its own (`queue_for`); a message only wakes a worker of that pool, which then
+claims the job the scheduling rule puts first (app/jobs/scheduling.py), not necessarily the one the message names."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from app.config import Settings
+from app.config import DEFAULT_POOL, Settings
 
 TRAIN_TASK = "finetune.train"
-CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the training queue: it needs a worker's model and data
-TRAINING_QUEUE = "training"
+CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the default pool's queue: it needs a worker's model and data
+TRAINING_QUEUE = "training"  # the default pool's queue (the name it had before pools)
 # Longer than any job: a message is redelivered only if its worker died without acking.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def queue_for(pool: str) -> str:
+    """The broker queue of a pool's workers: `training` for the default pool, `training.<pool>` for the others."""
+    return TRAINING_QUEUE if pool == DEFAULT_POOL else f"{TRAINING_QUEUE}.{pool}"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -22,7 +30,6 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}, CHECKPOINT_REPORT_TASK: {"queue": TRAINING_QUEUE}},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -32,11 +39,11 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_training(celery: Celery, job_id: str) -> None:
-    """Send the job id (never an ORM object); call only after the job row is committed."""
-    celery.send_task(TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE)
+def enqueue_training(celery: Celery, job_id: str, pool: str = DEFAULT_POOL) -> None:
+    """Wake a worker of `pool` (the message names the job, never an ORM object); call after the row is committed."""
+    celery.send_task(TRAIN_TASK, args=[job_id], queue=queue_for(pool))
 
 
 def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str) -> None:
-    """Ask a worker for a checkpoint's evaluation report (see app/jobs/checkpoint_reports.py); after the commit."""
+    """Ask a worker of the default pool for a checkpoint's evaluation report (app/jobs/checkpoint_reports.py)."""
     celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=TRAINING_QUEUE)

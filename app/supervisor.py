@@ -117,6 +117,7 @@ def reclaim_jobs_of(settings: Settings, name: str, proc: subprocess.Popen) -> No
     from functools import partial
 
     from app.db import Database
+    from app.fleet.service import stopped
     from app.jobs.reaper import reclaim_from_dead_worker
     from app.queue import enqueue_training, make_celery
 
@@ -126,6 +127,7 @@ def reclaim_jobs_of(settings: Settings, name: str, proc: subprocess.Popen) -> No
             how = f"{describe_exit(proc.returncode)} and is being restarted"
             send = partial(enqueue_training, make_celery(settings))
             jobs = reclaim_from_dead_worker(session, settings, worker_identity(proc.pid), how, send)
+            stopped(session, worker_identity(proc.pid))  # no longer alive in GET /pools
         if jobs:
             log.warning("jobs the dead worker held, handed back: %s", ", ".join(jobs))
     finally:

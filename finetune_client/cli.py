@@ -157,13 +157,16 @@ def jobs_create(
     base_model: str = typer.Option(..., "--base-model", "-m", help="a base model folder, a model id or a hub id"),
     hp: Annotated[list[str] | None, typer.Option("--hp", help="a hyperparameter, name=value (repeatable)")] = None,
     hyperparameters: str = typer.Option(None, help="hyperparameters as a JSON object (--hp overrides)"),
+    priority: str = typer.Option(None, "--priority", help="low, normal or high: orders your team's own jobs"),
+    pool: str = typer.Option(None, "--pool", help="the pool of workers to run on (see GET /pools)"),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="devices of one worker it needs"),
     watch: bool = typer.Option(False, "--watch", "-w", help="then follow it as `jobs watch` does"),
     as_json: bool = JSON,
 ) -> None:
     """Submit a fine-tuning job (every hyperparameter not given has a default that adapts to the data)."""
     spec = parse_hyperparameters(hp or [], hyperparameters)
     with connect() as client:
-        job = client.jobs.create(dataset_id, base_model, spec)
+        job = client.jobs.create(dataset_id, base_model, spec, priority=priority, pool=pool, gpus=gpus)
         if as_json:
             display.print_json(job)
         else:

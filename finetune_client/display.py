@@ -106,10 +106,14 @@ def jobs_table(jobs: list[Job]) -> Table:
 def show_job(out: Console, j: Job) -> None:
     fields = table("", "")
     fields.show_header = False
-    for name in ("id", "status", "dataset_id", "base_model", "task", "model_id", "error", "attempt"):
+    for name in ("id", "status", "dataset_id", "base_model", "task", "model_id", "error", "attempt", "priority"):
         value = getattr(j, name)
         if value not in (None, ""):
             fields.add_row(name, str(value))
+    if j.resources:
+        fields.add_row("resources", ", ".join(f"{k} {v}" for k, v in j.resources.items()))
+    if j.queue_position is not None:
+        fields.add_row("queue", f"position {j.queue_position}: {j.waiting_detail or j.waiting_for}")
     fields.add_row("progress", f"{percent(j.progress)} (step {j.step}/{j.total_steps or '?'}, epoch {j.epoch})")
     if j.best_metric is not None:
         fields.add_row("best", f"{j.best_metric_name} {j.best_metric:.4f}")

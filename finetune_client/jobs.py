@@ -39,11 +39,21 @@ class Jobs(Resource):
         base_model: str,
         hyperparameters: dict[str, Any] | None = None,
         *,
+        priority: str | None = None,
+        pool: str | None = None,
+        gpus: int | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Queue a fine-tuning job. An Idempotency-Key is sent (a new one unless given), so a retry after a lost
+        """Queue a fine-tuning job (`priority` low/normal/high orders your team's own jobs; `pool` and `gpus` ask
+        for workers, see GET /pools). An Idempotency-Key is sent (a new one unless given), so a retry after a lost
         answer returns the same job instead of a second one."""
-        body = {"dataset_id": dataset_id, "base_model": base_model, "hyperparameters": hyperparameters or {}}
+        body: dict[str, Any] = {"dataset_id": dataset_id, "base_model": base_model,
+                                "hyperparameters": hyperparameters or {}}  # fmt: skip
+        if priority is not None:
+            body["priority"] = priority
+        resources = {k: v for k, v in {"pool": pool, "gpus": gpus}.items() if v is not None}
+        if resources:
+            body["resources"] = resources
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(self._call("POST", "/jobs", json=body, headers=headers, idempotent=True))
 

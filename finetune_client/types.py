@@ -49,6 +49,11 @@ class Job(ApiModel):
     model_id: str | None = None
     below_baseline: bool = False
     cancel_requested: bool = False
+    priority: str = "normal"
+    resources: dict[str, Any] = {}
+    queue_position: int | None = None  # queued: 1 if next in its pool
+    waiting_for: str | None = None  # queued: claim, free_worker, turn, cap or worker
+    waiting_detail: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

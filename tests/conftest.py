@@ -34,13 +34,16 @@ class Service:
     stack: Stack
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        """Start a process of the service (its output goes to var/logs/NAME.log)."""
-        self.processes[name] = processes.start(command, self.env, self.var_dir / "logs" / f"{name}.log")
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a process of the service (its output goes to var/logs/NAME.log), with `env` added to the service's."""
+        log = self.var_dir / "logs" / f"{name}.log"
+        self.processes[name] = processes.start(command, {**self.env, **(env or {})}, log)
         return self.processes[name]
 
-    def start_worker(self, name: str) -> subprocess.Popen:
-        return self.start(name, worker_command(name))
+    def start_worker(self, name: str, pool: str = "default", gpus: int | None = None) -> subprocess.Popen:
+        """A worker of `pool` holding `gpus` devices (as `finetune worker --pool POOL --gpus N` starts it)."""
+        env = {"FINETUNE_WORKER_POOL": pool, **({"FINETUNE_WORKER_GPUS": str(gpus)} if gpus else {})}
+        return self.start(name, worker_command(name, pool), env)
 
     @property
     def settings(self) -> Settings:
@@ -98,9 +101,15 @@ def stack() -> Iterator[Stack]:
 
 @contextmanager
 def running_service(
-    var_dir: Path, models_dir: Path, stack: Stack, workers: int = 1, settings: dict[str, str] | None = None
+    var_dir: Path,
+    models_dir: Path,
+    stack: Stack,
+    workers: int = 1,
+    settings: dict[str, str] | None = None,
+    pools: dict[str, str] | None = None,
 ) -> Iterator[Service]:
-    """Migrate, then run the API (uvicorn) and `workers` Celery workers (solo pool) as real processes."""
+    """Migrate, then run the API (uvicorn) and `workers` Celery workers (solo pool) as real processes; `pools`
+    names further workers and their pools ({"worker-x": "x"})."""
     env = {**process_env(var_dir, models_dir, stack), **(settings or {})}
     subprocess.run(processes.cli_command("migrate"), env=env, cwd=ROOT, check=True)
     port = processes.free_port()
@@ -108,6 +117,8 @@ def running_service(
     api = service.start("api", api_command("127.0.0.1", port))
     for n in range(workers):
         service.start_worker(f"worker{n}")
+    for name, pool in (pools or {}).items():
+        service.start_worker(name, pool)
     try:
         processes.wait_ready(service.url, api, timeout=180)  # a loaded machine imports torch slowly
         yield service

@@ -136,3 +136,15 @@ def insert_job(db: Database, **values: object) -> str:
         session.add(job)
         session.flush()
         return job.id
+
+
+class Sent(list[str]):
+    """A `send` (lifecycle.Send) for tests: records the job ids it was given, and their pools in `pools`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pools: list[str] = []
+
+    def __call__(self, job_id: str, pool: str) -> None:
+        self.append(job_id)
+        self.pools.append(pool)

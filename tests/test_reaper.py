@@ -14,7 +14,7 @@ from app.jobs.reaper import reap
 from app.jobs.stop_reasons import LostLease
 from app.jobs.tables import JobEvent, JobStatus, TrainingJob
 from app.queue import VISIBILITY_TIMEOUT_S, make_celery
-from tests.factories import insert_job
+from tests.factories import Sent, insert_job
 
 SETTINGS = Settings(lease_seconds=60, heartbeat_seconds=10, max_restarts=2, requeue_after_seconds=300)
 
@@ -33,9 +33,9 @@ def test_reaper_requeues_lost_jobs_and_respects_cancel_and_restart_limits(db):
     unsent = insert_job(db, status=JobStatus.queued, enqueued_at=None)
     recently_sent = insert_job(db, status=JobStatus.queued, enqueued_at=utcnow())
 
-    sent: list[str] = []
+    sent = Sent()
     with db.session() as session:
-        reaped = reap(session, SETTINGS, sent.append)
+        reaped = reap(session, SETTINGS, sent)
     assert sorted(reaped.sent) == sorted(sent) == sorted([lost, unsent])
     assert reaped.cancelled == [cancelled] and reaped.failed == [exhausted]
     assert _status(db, lost).status == "queued" and _status(db, lost).worker is None
@@ -46,7 +46,7 @@ def test_reaper_requeues_lost_jobs_and_respects_cancel_and_restart_limits(db):
     assert _status(db, recently_sent).enqueued_at is not None
 
     with db.session() as session:
-        again = reap(session, SETTINGS, sent.append)
+        again = reap(session, SETTINGS, sent)
     assert again.sent == [] and again.failed == [] and again.cancelled == []
     with db.session() as session:
         kinds = {e.kind for e in session.query(JobEvent).filter(JobEvent.job_id.in_([lost, cancelled, exhausted]))}

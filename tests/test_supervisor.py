@@ -23,7 +23,7 @@ from app.jobs.reaper import reclaim_from_dead_worker
 from app.jobs.tables import JobEvent, JobStatus, TrainingJob
 from app.supervisor import Supervisor, describe_exit
 from tests.conftest import wait_for_job, wait_for_step
-from tests.factories import insert_job, text_csv, text_rows
+from tests.factories import Sent, insert_job, text_csv, text_rows
 from tests.stacks import private_stack, process_env
 
 FAST_LEASES = {
@@ -163,10 +163,10 @@ def test_the_jobs_a_dead_worker_held_are_reclaimed_at_once_with_an_event(db):
     spent = insert_job(db, status=JobStatus.running, attempt=3, heartbeat_at=now, worker="host:41")
     elsewhere = insert_job(db, status=JobStatus.running, attempt=1, heartbeat_at=now, worker="host:42")
 
-    sent: list[str] = []
+    sent = Sent()
     how = describe_exit(-9) + " and is being restarted"
     with db.session() as session:
-        reclaimed = reclaim_from_dead_worker(session, settings, "host:41", how, sent.append)
+        reclaimed = reclaim_from_dead_worker(session, settings, "host:41", how, sent)
     assert sorted(reclaimed) == sorted([held, cancelling, spent]) and sent == [held]
     with db.session() as session:
         statuses = {job_id: session.get(TrainingJob, job_id).status for job_id in (held, cancelling, spent, elsewhere)}
@@ -178,4 +178,4 @@ def test_the_jobs_a_dead_worker_held_are_reclaimed_at_once_with_an_event(db):
     assert "gave up after 2 restarts" in events[spent].message
 
     with db.session() as session:  # once reclaimed, nothing is left to reclaim
-        assert reclaim_from_dead_worker(session, settings, "host:41", how, sent.append) == []
+        assert reclaim_from_dead_worker(session, settings, "host:41", how, sent) == []

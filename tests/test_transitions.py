@@ -18,7 +18,7 @@ from app.jobs import lifecycle
 from app.jobs.lifecycle import TRANSITIONS, Event, Sending
 from app.jobs.stop_reasons import LostLease
 from app.jobs.tables import JobEvent, JobStatus, TrainingJob
-from tests.factories import insert_job
+from tests.factories import Sent, insert_job
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_MODULE = ROOT / "app" / "jobs" / "lifecycle.py"
@@ -116,9 +116,9 @@ def test_a_cancelled_queued_job_is_never_claimed_and_a_running_one_is_flagged(db
 
 def test_dispatch_is_the_one_send_path_and_survives_a_broker_outage(db):
     job_id = insert_job(db, status=JobStatus.queued, enqueued_at=None)
-    sent: list[str] = []
+    sent = Sent()
 
-    def broker_down(_: str) -> None:
+    def broker_down(*_: str) -> None:
         raise ConnectionError("redis is down")
 
     with db.session() as session:
@@ -129,15 +129,15 @@ def test_dispatch_is_the_one_send_path_and_survives_a_broker_outage(db):
     assert kinds == ["enqueue_failed"]
 
     with db.session() as session:
-        assert lifecycle.dispatch(session, job_id, sent.append) == Sending.sent
-        assert lifecycle.dispatch(session, job_id, sent.append) == Sending.skipped  # sent recently
+        assert lifecycle.dispatch(session, job_id, sent) == Sending.sent
+        assert lifecycle.dispatch(session, job_id, sent) == Sending.skipped  # sent recently
         later = utcnow() + timedelta(seconds=1)
-        assert lifecycle.dispatch(session, job_id, sent.append, resend_before=later) == Sending.sent
+        assert lifecycle.dispatch(session, job_id, sent, resend_before=later) == Sending.sent
     assert sent == [job_id, job_id] and _job(db, job_id).enqueued_at is not None
 
     done = insert_job(db, status=JobStatus.cancelled, enqueued_at=None)
     with db.session() as session:
-        assert lifecycle.dispatch(session, done, sent.append) == Sending.skipped
+        assert lifecycle.dispatch(session, done, sent) == Sending.skipped
     assert sent == [job_id, job_id]
 
 

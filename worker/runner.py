@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from app.artifacts.store import ArtifactStore, folder_bytes
 from app.config import Settings
 from app.db import Database, new_id
 from app.jobs import lifecycle
-from app.jobs.lifecycle import Event
+from app.jobs.lifecycle import Event, Send
 from app.jobs.memory import MB
 from app.jobs.service import JobSpec, read_job_spec
 from app.jobs.stop_reasons import Cancelled, HandedBack, JobFailed, LostLease, Pruned, user_facing
@@ -30,7 +29,7 @@ from app.tasktypes.calibration import save_temperature
 from worker.checkpoints import CheckpointWriter, resume_latest
 from worker.context import JobContext
 from worker.db_retry import retrying
-from worker.hooks import DbHooks, Heartbeat
+from worker.hooks import SHUTTING_DOWN, DbHooks, Heartbeat
 from worker.reports import evaluation_report, example_references
 from worker.sweep_trials import after_trial, open_trial
 from worker.training.adapters import save_merged, trainable_summary
@@ -50,17 +49,43 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def run_job(job_id: str, settings: Settings, db: Database, store: ArtifactStore, send: Callable[[str], None]) -> None:
-    """Run `job_id` if this worker can claim it; every outcome ends in the job row."""
+def worker_devices(settings: Settings) -> tuple[int, str]:
+    """How many devices this worker holds (FINETUNE_WORKER_GPUS, else the visible GPUs, else 1 CPU) and their kind."""
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.worker_gpus or (torch.cuda.device_count() if kind == "cuda" else 1), kind
 
-    def claim() -> int | None:
+
+def run_next_jobs(hint: str, settings: Settings, db: Database, store: ArtifactStore, send: Send) -> None:
+    """A message woke this worker: claim the job the scheduling rule puts first in this worker's pool and run it,
+    then the next, until none is claimable (or the worker is shutting down).
+
+    The message's job (`hint`) does not decide: it may run here, on another worker, or later, by its team's share.
+    Every queued job's dispatch sends one message, so a message that finds nothing claimable (its job ran on another
+    worker's loop, was cancelled, or waits for its team's cap) is simply acked; a job that waits past its messages is
+    woken by the reaper (app/jobs/reaper.py) when a worker of its pool is idle. A redelivered message only claims
+    again, which is always safe."""
+    devices, _ = worker_devices(settings)
+
+    def claim() -> lifecycle.Claimed | None:
         with db.session() as session:
-            return lifecycle.claim(session, job_id, worker_name())
+            return lifecycle.claim_next(session, settings, worker_name(), settings.worker_pool, devices)
 
-    attempt = retrying(claim, what="claim")
-    if attempt is None:
-        log.info("job %s is not claimable (finished, cancelled or running elsewhere); skipping", job_id)
-        return
+    claimed_any = False
+    while not SHUTTING_DOWN.is_set():
+        claimed = retrying(claim, what="claim")
+        if claimed is None:
+            break
+        claimed_any = True
+        if claimed.job_id != hint:
+            log.info("woken for job %s, claimed job %s (it comes first in pool %s)", hint, claimed.job_id,
+                     settings.worker_pool)  # fmt: skip
+        run_job(claimed.job_id, claimed.attempt, settings, db, store, send)
+    if not claimed_any:
+        log.info("woken for job %s: nothing claimable in pool %s", hint, settings.worker_pool)
+
+
+def run_job(job_id: str, attempt: int, settings: Settings, db: Database, store: ArtifactStore, send: Send) -> None:
+    """Run the job this worker claimed (as `attempt`); every outcome ends in the job row."""
     workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_root(settings)))
     ctx = JobContext(job_id, attempt, workdir, db, store, settings)
     heartbeat = Heartbeat(ctx)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+from app.jobs.lifecycle import Send
 from app.sweeps import progress
 from app.sweeps.study import TrialReporter
 from worker.context import JobContext
@@ -25,7 +25,7 @@ def open_trial(ctx: JobContext) -> tuple[str, TrialReporter | None] | None:
         return sweep_id, None
 
 
-def after_trial(ctx: JobContext, sweep_id: str, send: Callable[[str], None]) -> None:
+def after_trial(ctx: JobContext, sweep_id: str, send: Send) -> None:
     """The trial's job ended: tell the study and start the next trials (the reaper does it too, should this fail)."""
     try:
         with ctx.db.session() as session:

@@ -7,19 +7,20 @@ import threading
 from functools import lru_cache
 
 import torch
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 import app.all_tables  # noqa: F401  (every table known to this process)
 from app.artifacts.store import ArtifactStore
 from app.config import get_settings
 from app.db import Database
+from app.fleet import service as fleet
 from app.jobs.reaper import reap
 from app.queue import CHECKPOINT_REPORT_TASK, TRAIN_TASK, enqueue_training
 from app.sweeps.progress import advance_all
 from worker.celery_app import celery_app
 from worker.hooks import SHUTTING_DOWN
 from worker.reports import report_on_checkpoint
-from worker.runner import run_job
+from worker.runner import run_next_jobs, worker_devices, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,15 @@ def _resources() -> tuple[Database, ArtifactStore]:
     return Database(settings.database_url), ArtifactStore.from_settings(settings)
 
 
-def _send(job_id: str) -> None:
-    enqueue_training(celery_app, job_id)
+def _send(job_id: str, pool: str) -> None:
+    enqueue_training(celery_app, job_id, pool)
 
 
 @celery_app.task(name=TRAIN_TASK, acks_late=True)
 def train(job_id: str) -> None:
+    """A wake-up for this worker's pool: it runs the best claimable jobs, `job_id` or others (worker/runner.py)."""
     db, store = _resources()
-    run_job(job_id, get_settings(), db, store, _send)
+    run_next_jobs(job_id, get_settings(), db, store, _send)
 
 
 @celery_app.task(name=CHECKPOINT_REPORT_TASK, acks_late=True)
@@ -53,6 +55,39 @@ def checkpoint_report(checkpoint_id: str) -> None:
 def _hand_jobs_back(**_: object) -> None:
     """SIGTERM (a deploy): the running job checkpoints at its next step and goes back to the queue."""
     SHUTTING_DOWN.set()
+
+
+def _register() -> None:
+    """Tell the fleet this worker's pool and devices (GET /pools; what jobs may ask for)."""
+    settings = get_settings()
+    db, _ = _resources()
+    devices, kind = worker_devices(settings)
+    with db.session() as session:
+        fleet.register_worker(session, worker_name(), settings.worker_pool, devices, kind)
+    log.info("worker %s serves pool %s with %s %s device(s)", worker_name(), settings.worker_pool, devices, kind)
+
+
+def _fleet_heartbeat_loop() -> None:
+    """Renew this worker's heartbeat (alive in GET /pools) until it shuts down; register again if forgotten."""
+    db, _ = _resources()
+    while not SHUTTING_DOWN.wait(get_settings().heartbeat_seconds):
+        try:
+            with db.session() as session:
+                known = fleet.beat(session, worker_name())
+            if not known:
+                _register()
+        except Exception as exc:  # the database is down: next beat
+            log.warning("fleet heartbeat failed: %s", exc)
+
+
+@worker_shutdown.connect
+def _unregister(**_: object) -> None:
+    try:
+        db = _resources()[0]
+        with db.session() as session:
+            fleet.stopped(session, worker_name())
+    except Exception as exc:  # its heartbeat simply stops; it is no longer alive after the lease
+        log.warning("could not mark worker %s stopped: %s", worker_name(), exc)
 
 
 def reap_once() -> None:
@@ -77,4 +112,9 @@ def _reaper_loop() -> None:
 
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
+    try:
+        _register()
+    except Exception as exc:  # the heartbeat loop registers it once the database answers
+        log.warning("could not register worker %s: %s", worker_name(), exc)
+    threading.Thread(target=_fleet_heartbeat_loop, name="fleet-heartbeat", daemon=True).start()
     threading.Thread(target=_reaper_loop, name="reaper", daemon=True).start()

@@ -5,7 +5,7 @@
     (new)     submit           queued      API      submit
     queued    cancel           cancelled   API      request_cancel
     running   cancel           running     API      request_cancel (a flag; the worker stops at a step boundary)
-    queued    claim            running     worker   claim
+    queued    claim            running     worker   claim_next (the job app/jobs/scheduling.py puts first), claim
     running   succeed          succeeded   worker   finish
     running   fail             failed      worker   finish
     running   stop_cancelled   cancelled   worker   finish
@@ -29,15 +29,18 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app.config import DEFAULT_POOL, Settings
 from app.db import rows_changed, utcnow
 from app.errors import Conflict
+from app.fleet.tables import FleetWorker
+from app.jobs import scheduling
 from app.jobs.stop_reasons import LostLease
-from app.jobs.tables import JobEvent, JobStatus, TrainingJob
+from app.jobs.tables import DeviceUsage, JobEvent, JobStatus, TrainingJob
 from app.public_text import public_text
+from app.teams.tables import Team
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +107,22 @@ def _event(session: Session, job_id: str, kind: str, message: str, attempt: int 
 
 
 def submit(
-    session: Session, *, team_id: str, dataset_id: str, task: str, base_model: str, hyperparameters: dict
+    session: Session,
+    *,
+    team_id: str,
+    dataset_id: str,
+    task: str,
+    base_model: str,
+    hyperparameters: dict,
+    priority: str = "normal",
+    pool: str = DEFAULT_POOL,
+    gpus: int = 1,
 ) -> TrainingJob:
     """A new job row, queued (not yet sent: `dispatch` it after the commit)."""
     job = TrainingJob(
-        team_id=team_id,
-        dataset_id=dataset_id,
-        task=task,
-        base_model=base_model,
-        hyperparameters=hyperparameters,
-        status=TRANSITIONS[Event.submit].target,
-    )
+        team_id=team_id, dataset_id=dataset_id, task=task, base_model=base_model, hyperparameters=hyperparameters,
+        priority=priority, pool=pool, gpus=gpus, status=TRANSITIONS[Event.submit].target,
+    )  # fmt: skip
     session.add(job)
     session.flush()
     _event(session, job.id, "queued", f"queued: {base_model} on dataset {dataset_id}")
@@ -135,16 +143,19 @@ def request_cancel(session: Session, job: TrainingJob) -> TrainingJob:
     return job
 
 
+# Wakes a worker of a pool: (job id, pool). The message is a hint: the worker claims whatever job the scheduling rule
+# puts first in its pool, which may be another one (see worker/runner.py).
+Send = Callable[[str, str], None]
+
+
 class Sending(StrEnum):
     sent = "sent"
     skipped = "skipped"  # not queued any more, or sent recently (by another reaper)
     broker_down = "broker_down"
 
 
-def dispatch(
-    session: Session, job_id: str, send: Callable[[str], None], *, resend_before: datetime | None = None
-) -> Sending:
-    """The one way a queued job's id reaches the broker; call it with the job row committed.
+def dispatch(session: Session, job_id: str, send: Send, *, resend_before: datetime | None = None) -> Sending:
+    """The one way a queued job's id reaches the broker (its pool's queue); call it with the job row committed.
 
     Stamps `enqueued_at` with a conditional UPDATE (of several reapers, one sends), commits, then sends. If the
     broker is down the stamp is cleared, so the next reaper round sends it again."""
@@ -152,17 +163,17 @@ def dispatch(
     if resend_before is not None:
         not_sent = not_sent | (TrainingJob.enqueued_at < resend_before)
     stamp = utcnow()
-    taken = rows_changed(
-        session,
+    pool = session.scalar(
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued, not_sent)
-        .values(enqueued_at=stamp),
+        .values(enqueued_at=stamp)
+        .returning(TrainingJob.pool)
     )
     session.commit()
-    if not taken:
+    if pool is None:
         return Sending.skipped
     try:
-        send(job_id)
+        send(job_id, pool)
     except Exception as exc:  # any broker failure: the job stays queued and is re-sent later
         log.warning("could not send job %s to the broker: %s", job_id, exc)
         session.execute(
@@ -182,19 +193,79 @@ def dispatch(
 
 
 def claim(session: Session, job_id: str, worker: str) -> int | None:
-    """Take a queued job by bumping its attempt; returns the attempt, or None if it is not ours to run."""
+    """Take this queued job by bumping its attempt; returns the attempt, or None if it is not ours to run."""
     job = session.get(TrainingJob, job_id)
     if job is None or job.status != JobStatus.queued or job.cancel_requested:
         return None
-    attempt, now = job.attempt + 1, utcnow()
+    return _take(session, job_id, job.attempt, worker)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    attempt: int
+
+
+def claim_next(session: Session, settings: Settings, worker: str, pool: str, devices: int) -> Claimed | None:
+    """Claim the job the scheduling rule (app/jobs/scheduling.py) puts first among those this worker can run: its
+    pool, at most its devices, a team below its cap. None when there is none. Commit right after.
+
+    Exactly once under many workers: each candidate is locked with FOR UPDATE SKIP LOCKED on PostgreSQL (workers
+    claiming at once take different jobs), its team row is locked while its running jobs are counted (caps hold),
+    and the claim itself is the conditional UPDATE fenced by the attempt. On SQLite the first statement is a write,
+    which takes the database's write lock: claims there are serial."""
+    session.execute(
+        update(FleetWorker).where(FleetWorker.name == worker).values(heartbeat_at=utcnow())
+    )  # the claim is a sign of life; on SQLite it also takes the write lock before anything is read
+    for job in scheduling.candidates(session, settings, pool, devices):
+        if not _lock_queued(session, job.id) or _at_cap(session, settings, job.team_id):
+            continue
+        attempt = _take(session, job.id, job.attempt, worker)
+        if attempt is not None:
+            return Claimed(job.id, attempt)
+    return None
+
+
+def _lock_queued(session: Session, job_id: str) -> bool:
+    """Lock the job if it is still queued and no other claim holds it (SKIP LOCKED; on SQLite: a plain read)."""
+    query = select(TrainingJob.id).where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued)
+    return session.scalar(query.with_for_update(skip_locked=True)) is not None
+
+
+def _at_cap(session: Session, settings: Settings, team_id: str) -> bool:
+    """Whether the team already runs its cap of jobs; its row stays locked until the claim commits (PostgreSQL)."""
+    cap = session.scalar(select(Team.max_running_jobs).where(Team.id == team_id).with_for_update())
+    cap = cap or settings.team_max_running_jobs
+    if cap is None:
+        return False
+    running = session.scalar(
+        select(func.count()).where(TrainingJob.team_id == team_id, TrainingJob.status == JobStatus.running)
+    )
+    return (running or 0) >= cap
+
+
+def _take(session: Session, job_id: str, attempt_before: int, worker: str) -> int | None:
+    """The claim: queued to running, fenced by the attempt it read; opens the attempt's device-usage record."""
+    attempt, now = attempt_before + 1, utcnow()
     claimed = _move(
-        session, job_id, Event.claim, TrainingJob.attempt == job.attempt, TrainingJob.cancel_requested.is_(False),
-        attempt=attempt, worker=worker, heartbeat_at=now, started_at=job.started_at or now,
+        session, job_id, Event.claim, TrainingJob.attempt == attempt_before, TrainingJob.cancel_requested.is_(False),
+        attempt=attempt, worker=worker, heartbeat_at=now, started_at=func.coalesce(TrainingJob.started_at, now),
     )  # fmt: skip
     if not claimed:
         return None
+    row = session.execute(select(TrainingJob.team_id, TrainingJob.gpus).where(TrainingJob.id == job_id)).one()
+    session.add(DeviceUsage(team_id=row.team_id, job_id=job_id, attempt=attempt, devices=row.gpus, started_at=now))
     _event(session, job_id, "claimed", f"claimed by {worker} (attempt {attempt})", attempt)
     return attempt
+
+
+def _release(session: Session, job_id: str, attempt: int, at: datetime) -> None:
+    """Close the attempt's device-usage record: it held its devices until `at`."""
+    session.execute(
+        update(DeviceUsage)
+        .where(DeviceUsage.job_id == job_id, DeviceUsage.attempt == attempt, DeviceUsage.ended_at.is_(None))
+        .values(ended_at=at)
+    )
 
 
 def owned_by(job_id: str, attempt: int) -> ColumnElement[bool]:
@@ -219,8 +290,10 @@ def finish(session: Session, job_id: str, attempt: int, event: Event, message: s
     """This attempt's final state (succeed, fail, stop_cancelled, prune) and its event. Raises LostLease."""
     if event not in FINISH_EVENT_KIND:
         raise ValueError(f"{event} does not finish a job")
-    if not _move(session, job_id, event, TrainingJob.attempt == attempt, finished_at=utcnow(), **values):
+    now = utcnow()
+    if not _move(session, job_id, event, TrainingJob.attempt == attempt, finished_at=now, **values):
         raise LostLease(job_id)
+    _release(session, job_id, attempt, now)
     _event(session, job_id, FINISH_EVENT_KIND[event], message, attempt)
 
 
@@ -228,6 +301,7 @@ def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> None:
     """Give a running job back to the queue (this worker is shutting down); `dispatch` it next. Raises LostLease."""
     if not _move(session, job_id, Event.hand_back, TrainingJob.attempt == attempt, worker=None, enqueued_at=None):
         raise LostLease(job_id)
+    _release(session, job_id, attempt, utcnow())
     _event(session, job_id, "handed_back", reason, attempt)
 
 
@@ -264,5 +338,6 @@ def reclaim_lost(
         fence = (TrainingJob.attempt == job.attempt, TrainingJob.worker == job.worker)
     if not _move(session, job.id, event, *fence, **values):
         return None
+    _release(session, job.id, job.attempt, min(job.heartbeat_at or now, now))  # it held them until it went silent
     _event(session, job.id, kind, message, job.attempt)
     return event

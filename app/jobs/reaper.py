@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import utcnow
-from app.jobs import lifecycle
-from app.jobs.lifecycle import Event, Sending
+from app.fleet.service import forget_old_workers
+from app.jobs import lifecycle, scheduling
+from app.jobs.lifecycle import Event, Send, Sending
 from app.jobs.tables import JobStatus, TrainingJob
 
 
@@ -23,7 +23,7 @@ class Reaped:
     cancelled: list[str] = field(default_factory=list)
 
 
-def reap(session: Session, settings: Settings, send: Callable[[str], None]) -> Reaped:
+def reap(session: Session, settings: Settings, send: Send) -> Reaped:
     """One pass: reclaim jobs whose lease expired, then (re-)send queued jobs not sent recently. Every change is a
     conditional UPDATE, so reapers on many workers never double-handle a job."""
     now = utcnow()
@@ -52,15 +52,35 @@ def reap(session: Session, settings: Settings, send: Callable[[str], None]) -> R
     for job_id in waiting:
         sending = lifecycle.dispatch(session, job_id, send, resend_before=resend_before)
         if sending == Sending.broker_down:
-            break  # the next round tries again
+            return result  # the next round tries again
         if sending == Sending.sent:
             result.sent.append(job_id)
+    result.sent.extend(wake_idle_pools(session, settings, send))
     return result
 
 
-def reclaim_from_dead_worker(
-    session: Session, settings: Settings, worker: str, how: str, send: Callable[[str], None]
-) -> list[str]:
+def wake_idle_pools(session: Session, settings: Settings, send: Send) -> list[str]:
+    """A message is a wake-up, and a job can outwait its own (it was capped when its message came, or another
+    pool's job freed its team's cap): wake each pool that has an idle live worker and a job that worker could claim.
+    Returns the jobs whose messages were sent."""
+    now = utcnow()
+    recently = now - timedelta(seconds=settings.reaper_interval_seconds)  # of many reapers, one wakes it per round
+    busy = set(session.scalars(select(TrainingJob.worker).where(TrainingJob.status == JobStatus.running)))
+    idle: dict[str, int] = {}
+    for worker in scheduling.alive_workers(session, settings, None, now):
+        if worker.name not in busy:
+            idle[worker.pool] = max(idle.get(worker.pool, 0), worker.devices)
+    woken = []
+    for pool, devices in sorted(idle.items()):
+        first = next(iter(scheduling.candidates(session, settings, pool, devices)), None)
+        if first is not None and lifecycle.dispatch(session, first.id, send, resend_before=recently) == Sending.sent:
+            woken.append(first.id)
+    forget_old_workers(session, settings)
+    session.commit()
+    return woken
+
+
+def reclaim_from_dead_worker(session: Session, settings: Settings, worker: str, how: str, send: Send) -> list[str]:
     """The jobs the worker process named `worker` (see worker.runner.worker_name) held when it died: reclaimed now,
     each with an event that says `how` it died, and the requeued ones sent again. Returns their ids."""
     held = session.scalars(

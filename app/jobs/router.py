@@ -73,8 +73,9 @@ def list_jobs(team: CurrentTeam, session: SessionDep, page: Paging, status: JobS
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def read_job(job: ValidJob) -> TrainingJob:
-    return job
+def read_job(job: ValidJob, session: SessionDep, settings: SettingsDep) -> JobRead:
+    """The job; a queued one also says its place in its pool's queue and what it waits for."""
+    return service.read_with_place(session, settings, job)
 
 
 @router.delete("/{job_id}", status_code=204, dependencies=[NEEDS_TRAIN])

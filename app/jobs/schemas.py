@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.config import DEFAULT_POOL, POOL_PATTERN
+
 
 class EarlyStopping(BaseModel):
     """Stop when the chosen validation metric has not improved by `min_delta` for `patience` evaluations."""
@@ -199,12 +201,25 @@ class Hyperparameters(BaseModel):
         return self
 
 
+class Resources(BaseModel):
+    """What a job asks of the fleet: a pool of workers and how many devices of one worker (GET /pools lists them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(1, ge=1, le=64, description="devices of one worker (on a CPU worker: 1, the worker itself)")
+    pool: str = Field(DEFAULT_POOL, pattern=POOL_PATTERN, description="the pool whose workers may run it")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
     base_model: str = Field(min_length=1, max_length=300, description="a models-dir folder, a model id, or a hub id")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="orders your team's own queued jobs; teams share the fleet by fair share (README)"
+    )
+    resources: Resources = Field(default_factory=Resources)
 
 
 class JobRead(BaseModel):
@@ -227,6 +242,17 @@ class JobRead(BaseModel):
     model_id: str | None
     below_baseline: bool
     cancel_requested: bool
+    priority: str
+    resources: Resources
+    queue_position: int | None = Field(
+        None, description="queued: 1 if it is the next job of its pool to start (an estimate: see README)"
+    )
+    waiting_for: Literal["claim", "free_worker", "turn", "cap", "worker"] | None = Field(
+        None,
+        description="queued: claim (a free worker is taking it), free_worker (next, every able worker is busy), "
+        "turn (jobs ahead of it), cap (your team runs its cap of jobs), worker (no live worker can run it)",
+    )
+    waiting_detail: str | None = Field(None, description="the same in a sentence")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -239,7 +265,12 @@ class JobRead(BaseModel):
         total = obj.total_steps or 0
         done = obj.status == "succeeded"
         progress = 1.0 if done else (min(obj.step / total, 1.0) if total else 0.0)
-        return {**{k: getattr(obj, k) for k in cls.model_fields if k != "progress"}, "progress": progress}
+        computed = {"progress", "resources", "queue_position", "waiting_for", "waiting_detail"}
+        return {
+            **{k: getattr(obj, k) for k in cls.model_fields if k not in computed},
+            "progress": progress,
+            "resources": {"gpus": obj.gpus, "pool": obj.pool},
+        }
 
 
 class MetricRead(BaseModel):

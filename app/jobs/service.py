@@ -15,10 +15,11 @@ from app.config import Settings
 from app.datasets.service import get_dataset, train_rows
 from app.datasets.tables import Dataset
 from app.errors import Conflict, NotFound
-from app.jobs import lifecycle
+from app.fleet.service import check_resources
+from app.jobs import lifecycle, scheduling
 from app.jobs.defaults import apply_defaults
 from app.jobs.memory import expected_memory
-from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.schemas import Hyperparameters, JobCreate, JobRead
 from app.jobs.spec_checks import check_spec
 from app.jobs.stop_reasons import JobFailed
 from app.jobs.tables import FINISHED, Checkpoint, JobEvent, Metric, TrainingJob
@@ -28,7 +29,7 @@ from app.tasktypes.types import TaskType
 
 def create_job(
     session: Session,
-    send: Callable[[str], None],
+    send: lifecycle.Send,
     settings: Settings,
     store: ArtifactStore,
     team_id: str,
@@ -39,6 +40,7 @@ def create_job(
 
     `on_created(job)` runs in the job's transaction, before it commits (an idempotent request records its answer)."""
     dataset = get_dataset(session, team_id, spec.dataset_id)
+    check_resources(session, settings, spec.resources.pool, spec.resources.gpus)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
     hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family)
@@ -51,6 +53,9 @@ def create_job(
         task=task,
         base_model=spec.base_model,
         hyperparameters=hp.model_dump(mode="json"),
+        priority=spec.priority,
+        pool=spec.resources.pool,
+        gpus=spec.resources.gpus,
     )
     on_created(job)
     session.commit()
@@ -73,6 +78,7 @@ class JobSpec:
     dataset_key: str
     dataset_name: str
     labels: list[str]
+    gpus: int = 1  # devices of its worker it asked for (resources.gpus)
 
 
 def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
@@ -96,6 +102,7 @@ def read_job_spec(session: Session, settings: Settings, job_id: str) -> JobSpec:
         dataset_key=dataset.storage_key,
         dataset_name=dataset.name,
         labels=list(dataset.labels),
+        gpus=job.gpus,
     )
 
 
@@ -105,6 +112,16 @@ def get_job(session: Session, team_id: str, job_id: str) -> TrainingJob:
     if job is None:
         raise NotFound(f"No job '{job_id}'. List yours with GET /jobs.")
     return job
+
+
+def read_with_place(session: Session, settings: Settings, job: TrainingJob) -> JobRead:
+    """The job as GET /jobs/{id} shows it: a queued one with its queue position and what it waits for."""
+    view = JobRead.model_validate(job)
+    place = scheduling.place(session, settings, job)
+    if place is not None:
+        where = {"queue_position": place.queue_position, "waiting_for": place.waiting_for}
+        view = view.model_copy(update=where | {"waiting_detail": place.detail})
+    return view
 
 
 def list_jobs(

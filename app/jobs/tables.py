@@ -6,9 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.config import DEFAULT_POOL
 from app.db import Base, new_id, utcnow
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; BIGINT elsewhere.
@@ -22,6 +23,14 @@ class JobStatus(StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     pruned = "pruned"  # a sweep trial its study's pruner stopped early (see app/sweeps)
+
+
+class Priority(StrEnum):
+    """Orders a team's own queued jobs (high first); other teams' jobs are ordered by fair share (app/jobs/scheduling)."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
 
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned)
@@ -52,10 +61,33 @@ class TrainingJob(Base):
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)
     # its validation accuracy never beat the majority class: it learned nothing the labels' counts do not tell
     below_baseline: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # what it asked of the fleet: a pool of workers and how many of one worker's devices (app/fleet)
+    priority: Mapped[str] = mapped_column(String(10), default=Priority.normal, server_default=Priority.normal)
+    pool: Mapped[str] = mapped_column(String(40), default=DEFAULT_POOL, server_default=DEFAULT_POOL)
+    gpus: Mapped[int] = mapped_column(default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+Index("ix_training_job_status_pool", TrainingJob.status, TrainingJob.pool)
+
+
+class DeviceUsage(Base):
+    """One attempt's hold on devices: `devices` from its claim (`started_at`) until it ended (`ended_at`; None while
+    it runs). Fair share sums these over a sliding window (app/jobs/scheduling.py)."""
+
+    __tablename__ = "device_usage"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("team.id", ondelete="CASCADE"), index=True)
+    # kept when the job is deleted: deleting finished jobs must not clear a team's recent usage
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("training_job.id", ondelete="SET NULL"), index=True)
+    attempt: Mapped[int]
+    devices: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class Metric(Base):

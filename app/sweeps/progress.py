@@ -6,7 +6,6 @@ advance one sweep at once."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.db import rows_changed, utcnow
 from app.errors import AppError, TooManyRequests
+from app.jobs import lifecycle
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.service import create_job
 from app.jobs.tables import ACTIVE_STATUSES, FINISHED, JobEvent, JobStatus, Metric, TrainingJob
@@ -30,7 +30,7 @@ from app.sweeps.tables import Sweep, SweepStatus, SweepTrial
 from app.teams.tables import Team
 
 log = logging.getLogger(__name__)
-Send = Callable[[str], None]
+Send = lifecycle.Send
 
 
 def spec_of(sweep: Sweep) -> SweepCreate:

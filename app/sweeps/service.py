@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -24,7 +22,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 3
 
 
 def create_sweep(
-    session: Session, send: Callable[[str], None], settings: Settings, store: ArtifactStore, team: Team,
+    session: Session, send: lifecycle.Send, settings: Settings, store: ArtifactStore, team: Team,
     spec: SweepCreate,
 ) -> Sweep:  # fmt: skip
     """Check the spec, create the sweep and its study, and start its first `parallelism` trials. The first trial's

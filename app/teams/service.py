@@ -147,8 +147,15 @@ def authenticate(session: Session, key: str) -> Caller:
     return Caller(team=team, key_id=api_key.id, scopes=api_key.scopes, expires_at=api_key.expires_at)
 
 
-def set_limits(session: Session, team_name: str, max_active_jobs: int | None, max_storage_mb: int | None) -> Team:
-    """Give a team its own limits (None leaves a limit as it is; 0 returns it to the service's default)."""
+def set_limits(
+    session: Session,
+    team_name: str,
+    max_active_jobs: int | None,
+    max_storage_mb: int | None,
+    weight: float | None = None,
+    max_running_jobs: int | None = None,
+) -> Team:
+    """Give a team its own limits and fleet share (None leaves one as it is; 0 returns it to the default)."""
     team = session.scalar(select(Team).where(Team.name == team_name))
     if team is None:
         raise NotFound(f"No team '{team_name}'. Teams are created with `finetune keys create --team NAME`.")
@@ -156,5 +163,9 @@ def set_limits(session: Session, team_name: str, max_active_jobs: int | None, ma
         team.max_active_jobs = max_active_jobs or None
     if max_storage_mb is not None:
         team.max_storage_mb = max_storage_mb or None
+    if weight is not None:
+        team.weight = weight or None
+    if max_running_jobs is not None:
+        team.max_running_jobs = max_running_jobs or None
     session.flush()
     return team

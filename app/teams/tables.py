@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import Float, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -21,6 +21,10 @@ class Team(Base):
     # the team's own limits; None: the service's (FINETUNE_TEAM_MAX_ACTIVE_JOBS, FINETUNE_TEAM_MAX_STORAGE_MB)
     max_active_jobs: Mapped[int | None] = mapped_column(default=None)
     max_storage_mb: Mapped[int | None] = mapped_column(default=None)
+    # its share of the fleet against other teams' (None: 1.0), and the most jobs it may run at once (None: the
+    # service's FINETUNE_TEAM_MAX_RUNNING_JOBS); see app/jobs/scheduling.py
+    weight: Mapped[float | None] = mapped_column(Float, default=None)
+    max_running_jobs: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

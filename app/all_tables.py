@@ -3,6 +3,7 @@
 from app.datasets.tables import Dataset
 from app.idempotency.tables import IdempotentRequest
 from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
+from app.predictions.tables import PredictionRun
 from app.registry.tables import Alias, RegisteredModel
 from app.sweeps.tables import Sweep, SweepTrial
 from app.teams.tables import ApiKey, Team
@@ -15,6 +16,7 @@ __all__ = [
     "IdempotentRequest",
     "JobEvent",
     "Metric",
+    "PredictionRun",
     "RegisteredModel",
     "Sweep",
     "SweepTrial",

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
         ge=1,
         description="torch threads per /predict forward pass; default: all cores (1 where training shares them)",
     )
+    batch_predict_max_rows: int = Field(1_000_000, ge=1, description="Most rows one batch prediction run scores")
+    batch_predict_batch_size: int = Field(64, ge=1, le=4096, description="Rows per forward pass of a prediction run")
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     max_predict_mb: int = Field(32, ge=1, description="Largest /predict request body")
     max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")

@@ -8,6 +8,7 @@ from app.config import Settings
 
 TRAIN_TASK = "finetune.train"
 CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the training queue: it needs a worker's model and data
+BATCH_PREDICT_TASK = "finetune.batch_predict"  # on the training queue too: a worker loads the model
 TRAINING_QUEUE = "training"
 # Longer than any job: a message is redelivered only if its worker died without acking.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -22,7 +23,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}, CHECKPOINT_REPORT_TASK: {"queue": TRAINING_QUEUE}},
+        task_routes={
+            name: {"queue": TRAINING_QUEUE} for name in (TRAIN_TASK, CHECKPOINT_REPORT_TASK, BATCH_PREDICT_TASK)
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -40,3 +43,8 @@ def enqueue_training(celery: Celery, job_id: str) -> None:
 def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str) -> None:
     """Ask a worker for a checkpoint's evaluation report (see app/jobs/checkpoint_reports.py); after the commit."""
     celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=TRAINING_QUEUE)
+
+
+def enqueue_batch_prediction(celery: Celery, run_id: str) -> None:
+    """Send a committed prediction run's id to the workers (see app/predictions/service.py)."""
+    celery.send_task(BATCH_PREDICT_TASK, args=[run_id], queue=TRAINING_QUEUE)

@@ -116,5 +116,7 @@ def read_results(
 
 
 @router.post("/{run_id}/cancel", response_model=PredictionRead)
-def cancel_prediction(run: ValidRun, team: PredictingTeam, session: SessionDep) -> PredictionRun:
+def cancel_prediction(team: PredictingTeam, run: ValidRun, session: SessionDep) -> PredictionRun:
+    """Stop a queued or running run (its worker stops at its next batch). `team` first: a key without `predict`
+    gets its 403 before the run is looked up."""
     return service.cancel_run(session, run)

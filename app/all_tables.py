@@ -4,6 +4,7 @@ from app.datasets.tables import Dataset
 from app.fleet.tables import FleetWorker
 from app.idempotency.tables import IdempotentRequest
 from app.jobs.tables import Checkpoint, DeviceUsage, JobEvent, Metric, TrainingJob
+from app.predictions.tables import PredictionRun
 from app.registry.tables import Alias, AliasTraffic, RegisteredModel
 from app.sweeps.tables import Sweep, SweepTrial
 from app.teams.tables import ApiKey, Team
@@ -19,6 +20,7 @@ __all__ = [
     "IdempotentRequest",
     "JobEvent",
     "Metric",
+    "PredictionRun",
     "RegisteredModel",
     "Sweep",
     "SweepTrial",

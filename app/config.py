@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         description="How long /predict trusts its in-process copy of a key, an alias's routes and a model's metadata: "
         "a revoked key or a moved alias takes effect within this on every API process (0: look up every request)",
     )
+    batch_predict_max_rows: int = Field(1_000_000, ge=1, description="Most rows one batch prediction run scores")
+    batch_predict_batch_size: int = Field(64, ge=1, le=4096, description="Rows per forward pass of a prediction run")
     max_upload_mb: int = Field(1024, ge=1, description="Largest dataset upload accepted")
     max_predict_mb: int = Field(32, ge=1, description="Largest /predict request body")
     max_json_kb: int = Field(1024, ge=1, description="Largest JSON body on every other route")

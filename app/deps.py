@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db import utcnow
 from app.errors import Unauthorized
 from app.jobs.lifecycle import Send
-from app.queue import enqueue_checkpoint_report, enqueue_training
+from app.queue import enqueue_batch_prediction, enqueue_checkpoint_report, enqueue_training
 from app.teams.scopes import Scope
 from app.teams.service import Caller, authenticate
 from app.teams.tables import Team
@@ -134,6 +134,11 @@ def get_report_sender(request: Request) -> Callable[[str], None]:
     return partial(enqueue_checkpoint_report, request.app.state.celery)
 
 
+def get_prediction_sender(request: Request) -> Callable[[str], None]:
+    """Sends a committed batch prediction run's id to the workers."""
+    return partial(enqueue_batch_prediction, request.app.state.celery)
+
+
 def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -147,6 +152,7 @@ NEEDS_TRAIN: Any = Depends(require(Scope.train))
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SendJob = Annotated[Send, Depends(get_sender)]
 SendReport = Annotated[Callable[[str], None], Depends(get_report_sender)]
+SendPrediction = Annotated[Callable[[str], None], Depends(get_prediction_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # A dataset, job or model id in a URL: bounded, so a 404 never echoes more than this.
 ResourceId = Annotated[str, Path(min_length=1, max_length=64)]

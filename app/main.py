@@ -36,6 +36,7 @@ from app.observability.collectors import ServiceCollector
 from app.observability.http import RequestMetrics
 from app.observability.logs import configure_logging
 from app.observability.router import router as metrics_router
+from app.predictions.router import router as predictions_router
 from app.problems import ERROR_RESPONSES, PROBLEM, document_problems
 from app.public_text import ECHO_LIMIT, clip, public_text
 from app.queue import make_celery
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pools_router,
         models_router,
         predict_router,
+        predictions_router,
         usage_router,
         metrics_router,
     ):

@@ -11,6 +11,7 @@ from app.config import DEFAULT_POOL, Settings
 
 TRAIN_TASK = "finetune.train"
 CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the default pool's queue: it needs a worker's model and data
+BATCH_PREDICT_TASK = "finetune.batch_predict"  # on the default pool's queue too: a worker loads the model
 TRAINING_QUEUE = "training"  # the default pool's queue (the name it had before pools)
 # Longer than any job: a message is redelivered only if its worker died without acking.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -47,3 +48,8 @@ def enqueue_training(celery: Celery, job_id: str, pool: str = DEFAULT_POOL) -> N
 def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str) -> None:
     """Ask a worker of the default pool for a checkpoint's evaluation report (app/jobs/checkpoint_reports.py)."""
     celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=TRAINING_QUEUE)
+
+
+def enqueue_batch_prediction(celery: Celery, run_id: str) -> None:
+    """Send a committed prediction run's id to the workers (see app/predictions/service.py)."""
+    celery.send_task(BATCH_PREDICT_TASK, args=[run_id], queue=TRAINING_QUEUE)

@@ -56,6 +56,12 @@ def body_cap(settings: Settings, method: str, path: str) -> BodyCap:
             f"{settings.max_predict_mb} MB for one /predict request (FINETUNE_MAX_PREDICT_MB); send fewer or "
             "smaller inputs per request",
         )
+    if method == "POST" and path.rstrip("/") == "/predictions":
+        return BodyCap(
+            (settings.max_text_upload_mb + 1) * MB,
+            f"the text upload limit of {settings.max_text_upload_mb} MB (FINETUNE_MAX_TEXT_UPLOAD_MB); score the "
+            "file in parts, or upload it as a dataset and send its dataset_id",
+        )
     return BodyCap(settings.max_json_kb * 1024, f"{settings.max_json_kb} KB for a JSON request")
 
 

@@ -30,6 +30,7 @@ from finetune_client.errors import (
     WaitTimeout,
 )
 from finetune_client.jobs import Jobs
+from finetune_client.predictions import Predictions
 from finetune_client.sweeps import Sweeps
 from finetune_client.types import (
     Alias,
@@ -43,6 +44,7 @@ from finetune_client.types import (
     Metric,
     Model,
     Prediction,
+    PredictionRun,
     PredictResult,
     Progress,
     Report,
@@ -55,7 +57,8 @@ from finetune_client.types import (
 __all__ = [
     "Alias", "Aliases", "ApiError", "BadRequest", "BestTrial", "BudgetUsed", "Checkpoint", "Client", "ConfigError",
     "Conflict", "Dataset", "Datasets", "Event", "FinetuneError", "Forbidden", "Importances", "InvalidRequest", "Job",
-    "Jobs", "Metric", "Model", "Models", "NotFound", "PayloadTooLarge", "PredictResult", "Prediction", "Progress",
+    "Jobs", "Metric", "Model", "Models", "NotFound", "PayloadTooLarge", "PredictResult", "Prediction", "PredictionRun",
+    "Predictions", "Progress",
     "RateLimited", "Report", "ServerError", "ServiceUnavailable", "ServiceUnreachable", "StreamMessage", "Sweep",
     "Sweeps", "Trial", "Unauthorized", "Usage", "WaitTimeout", "config_path",
 ]  # fmt: skip

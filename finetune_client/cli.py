@@ -20,7 +20,7 @@ from finetune_client import display
 from finetune_client.client import Client
 from finetune_client.config import DEFAULT_URL, config_path, read_config_file, write_config_file
 from finetune_client.errors import ApiError, FinetuneError, NotFound
-from finetune_client.types import Job, Sweep
+from finetune_client.types import Job, PredictionRun, Sweep
 
 JOB_NOT_SUCCEEDED = 3
 JSON = typer.Option(False, "--json", help="print JSON for scripts instead of tables")
@@ -29,6 +29,7 @@ jobs = typer.Typer(help="Submit, watch and read fine-tuning jobs.", no_args_is_h
 sweeps = typer.Typer(help="Hyperparameter sweeps: many trials (jobs) searching a space.", no_args_is_help=True)
 models = typer.Typer(help="Fine-tuned models.", no_args_is_help=True)
 aliases = typer.Typer(help="Aliases that route /predict to a model.", no_args_is_help=True)
+predictions = typer.Typer(help="Batch prediction: score a whole dataset on a worker.", no_args_is_help=True)
 
 
 def register(cli: typer.Typer) -> None:
@@ -38,6 +39,7 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(sweeps, name="sweeps")
     cli.add_typer(models, name="models")
     cli.add_typer(aliases, name="aliases")
+    cli.add_typer(predictions, name="predictions")
     cli.command("predict")(predict)
     cli.command("configure")(configure)
 
@@ -427,6 +429,91 @@ def aliases_list(as_json: bool = JSON) -> None:
     for a in items:
         out.add_row(a.name, a.model_id, f"{display.age(a.updated_at)} ago")
     display.console().print(out)
+
+
+def _run_line(run: PredictionRun) -> str:
+    error = f" ({run.error})" if run.error else ""
+    return f"{run.id}  {run.status}  {run.rows_done}/{run.rows_total} rows  model {run.model_id}{error}"
+
+
+@predictions.command("create")
+def predictions_create(
+    dataset_id: Annotated[str | None, typer.Argument(help="the dataset to score (or --file)")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", exists=True, dir_okay=False, help="a CSV/JSONL of texts to score")
+    ] = None,
+    label_column: str = typer.Option(None, "--label-column", help="the file's column of true labels, if any"),
+    model: str = typer.Option(None, "--model", help="a model id or alias (default: the alias production)"),
+    split: str = typer.Option(None, "--split", help="only this split: train, val or test"),
+    top_k: int = typer.Option(1, "--top-k", min=1, max=100, help="labels per row"),
+    wait: bool = typer.Option(False, "--wait", help="follow the run until it ends"),
+    as_json: bool = JSON,
+) -> None:
+    """Score every row of a dataset (or a file of texts) with a model on a worker; download the results with
+    `predictions download`."""
+    if (dataset_id is None) == (file is None):
+        raise typer.BadParameter("give a dataset id or --file (one of them)")
+    with connect() as client:
+        run = client.predictions.create(
+            dataset_id, file=file, model=model, split=split, top_k=top_k, label_column=label_column
+        )
+        if wait:
+            run = client.predictions.wait(run.id, on_progress=None if as_json else lambda r: typer.echo(_run_line(r)))
+    if as_json:
+        return display.print_json(run)
+    if not wait:
+        typer.echo(_run_line(run))
+    if run.status in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@predictions.command("list")
+def predictions_list(limit: int = typer.Option(20, min=1, help="the newest N"), as_json: bool = JSON) -> None:
+    """The team's batch prediction runs, newest first."""
+    with connect() as client:
+        items = client.predictions.list(limit=limit)
+    if as_json:
+        return display.print_json(items)
+    out = display.table("RUN", "STATUS", "ROWS", "MODEL", "DATASET", "SPLIT", "CREATED")
+    for r in items:
+        rows = f"{r.rows_done}/{r.rows_total}"
+        created = f"{display.age(r.created_at)} ago"
+        out.add_row(r.id, r.status, rows, r.model_id or "-", r.dataset_id or "-", r.split or "all", created)
+    display.console().print(out)
+
+
+@predictions.command("show")
+def predictions_show(run_id: str, as_json: bool = JSON) -> None:
+    """A run's status and progress."""
+    with connect() as client:
+        run = client.predictions.get(run_id)
+    if as_json:
+        return display.print_json(run)
+    typer.echo(_run_line(run))
+
+
+@predictions.command("cancel")
+def predictions_cancel(run_id: str, as_json: bool = JSON) -> None:
+    """Cancel a queued or running run."""
+    with connect() as client:
+        run = client.predictions.cancel(run_id)
+    if as_json:
+        return display.print_json(run)
+    typer.echo(_run_line(run))
+
+
+@predictions.command("download")
+def predictions_download(
+    run_id: str,
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="the file to write")],
+    format: str = typer.Option("csv", "--format", help="csv or jsonl"),
+) -> None:
+    """Write a succeeded run's results to a file."""
+    if format not in ("csv", "jsonl"):
+        raise typer.BadParameter("csv or jsonl", param_hint="--format")
+    with connect() as client:
+        written = client.predictions.download(run_id, path, format="jsonl" if format == "jsonl" else "csv")
+    typer.echo(f"wrote {written}")
 
 
 def predict(

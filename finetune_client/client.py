@@ -14,6 +14,7 @@ import httpx
 
 from finetune_client.config import resolve
 from finetune_client.jobs import Jobs
+from finetune_client.predictions import Predictions
 from finetune_client.resources import Resource, first
 from finetune_client.sweeps import Sweeps
 from finetune_client.transport import Transport
@@ -145,6 +146,7 @@ class Client(Resource):
         self.models = Models(transport)
         self.aliases = Aliases(transport)
         self.sweeps = Sweeps(transport)
+        self.predictions = Predictions(transport)
 
     def predict(
         self,

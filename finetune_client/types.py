@@ -201,6 +201,29 @@ class AliasStats(ApiModel):
     models: list[ModelTraffic]
 
 
+class PredictionRun(ApiModel):
+    """A batch prediction run (POST /predictions): a dataset scored by a model on a worker."""
+
+    id: str
+    status: str
+    model_id: str | None = None
+    model_ref: str
+    dataset_id: str | None = None
+    uploaded: bool = False
+    split: str | None = None
+    top_k: int
+    rows_total: int
+    rows_done: int
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
 class Prediction(ApiModel):
     label: str
     score: float

@@ -116,9 +116,17 @@ def _operations(service: Service) -> list[tuple[str, str]]:
 
 
 def needed_scope(method: str, path: str) -> str:
-    if path == "/predict":
+    """The scope a refusal names: predict for /predict and for submitting or cancelling batch prediction runs."""
+    if path == "/predict" or (path.startswith("/predictions") and method != "GET"):
         return "predict"
     return "read" if method == "GET" else "train"
+
+
+def grants(scope: str, needed: str, path: str) -> bool:
+    """train includes read; predict also reads batch prediction runs (whoever submits one watches it)."""
+    return (
+        scope == needed or (scope == "train" and needed == "read") or (scope, path[:12]) == ("predict", "/predictions")
+    )
 
 
 def test_every_route_needs_its_scope_and_a_key_without_it_gets_403_naming_it(service):
@@ -132,7 +140,7 @@ def test_every_route_needs_its_scope_and_a_key_without_it_gets_403_naming_it(ser
     for method, path in operations:
         needed = needed_scope(method, path)
         for scope, key in keys.items():
-            granted = scope == needed or (scope == "train" and needed == "read")
+            granted = grants(scope, needed, path)
             with service.client(key) as client:
                 answer = client.request(method, path)
             if granted:

@@ -15,10 +15,12 @@ from app.config import get_settings
 from app.db import Database
 from app.fleet import service as fleet
 from app.jobs.reaper import reap
-from app.queue import CHECKPOINT_REPORT_TASK, TRAIN_TASK, enqueue_training
+from app.predictions import service as predictions
+from app.queue import BATCH_PREDICT_TASK, CHECKPOINT_REPORT_TASK, TRAIN_TASK, enqueue_batch_prediction, enqueue_training
 from app.sweeps.progress import advance_all
 from worker.celery_app import celery_app
 from worker.hooks import SHUTTING_DOWN
+from worker.predictions import run_batch_prediction
 from worker.reports import report_on_checkpoint
 from worker.runner import run_next_jobs, worker_devices, worker_name
 
@@ -49,6 +51,16 @@ def train(job_id: str) -> None:
 def checkpoint_report(checkpoint_id: str) -> None:
     db, store = _resources()
     report_on_checkpoint(checkpoint_id, get_settings(), db, store)
+
+
+@celery_app.task(name=BATCH_PREDICT_TASK, acks_late=True)
+def batch_predict(run_id: str) -> None:
+    db, store = _resources()
+    run_batch_prediction(run_id, get_settings(), db, store)
+
+
+def _send_prediction(run_id: str) -> None:
+    enqueue_batch_prediction(celery_app, run_id)
 
 
 @worker_shutting_down.connect
@@ -92,11 +104,15 @@ def _unregister(**_: object) -> None:
 
 def reap_once() -> None:
     """Requeue jobs whose worker was lost, re-send queued jobs whose message may have been lost, and move sweeps on
-    (tell their studies how trials ended, start new trials) should a worker have died before it did."""
+    (tell their studies how trials ended, start new trials) should a worker have died before it did; the same for
+    batch prediction runs (a lost one starts over)."""
     db, store = _resources()
     with db.session() as session:
         reaped = reap(session, get_settings(), _send)
         advance_all(session, get_settings(), store, _send)
+        resent = predictions.reap(session, get_settings(), _send_prediction)
+    if resent:
+        log.info("reaper: prediction runs sent again %s", resent)
     if reaped.sent or reaped.failed or reaped.cancelled:
         log.info("reaper: sent %s, failed %s, cancelled %s", reaped.sent, reaped.failed, reaped.cancelled)
 

@@ -4,6 +4,8 @@ datasets/<dataset_id>/records.jsonl        split, label, text or image entry nam
 datasets/<dataset_id>/images.zip           image datasets: the images, stored uncompressed
 jobs/<job_id>/checkpoints/step-<NNNNNNNN>/ one folder per checkpoint (see worker/training/checkpoint.py)
 models/<model_id>/                         a fine-tuned model in Hugging Face format plus finetune.json
+predictions/<run_id>/results.{csv,jsonl}   a batch prediction run's results (see worker/predictions.py)
+predictions/<run_id>/input/records.jsonl   the texts of a run that scores an uploaded file, stored as a dataset's
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 def model_key(model_id: str) -> str:
     return f"models/{model_id}"
+
+
+def prediction_key(run_id: str) -> str:
+    return f"predictions/{run_id}"
+
+
+def prediction_input_key(run_id: str) -> str:
+    """An uploaded file to score, in a dataset's layout (records.jsonl), so the worker reads both alike."""
+    return f"{prediction_key(run_id)}/input"
 
 
 def write_dataset(store: ArtifactStore, key: str, parsed: ParsedDataset) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -68,6 +69,12 @@ class ArtifactStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
+
+    def iter_bytes(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The file at `key` in chunks, never read whole (a download streams it)."""
+        with self.fs.open(self.path(key), "rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))

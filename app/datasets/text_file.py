@@ -21,9 +21,10 @@ TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def parse_text(
-    filename: str, data: bytes, text_column: str, label_column: str, limits: InputLimits
+    filename: str, data: bytes, text_column: str, label_column: str | None, limits: InputLimits
 ) -> tuple[list[Record], bool]:
-    """Read a CSV or JSONL file into records; a split column, if used, must be set on every row."""
+    """Read a CSV or JSONL file into records; a split column, if used, must be set on every row. Without a
+    `label_column` (texts to score, POST /predictions) every record's label is ""."""
     if text_column == label_column:
         raise InvalidUpload(
             f"text_column and label_column are both '{shown(text_column)}'; the label would be part of the input. "
@@ -34,7 +35,8 @@ def parse_text(
     is_jsonl = suffix in JSONL_SUFFIXES or (suffix != ".csv" and content.lstrip()[:1] == "{")
     read_rows = _jsonl_rows if is_jsonl else _csv_rows
     rows = list(read_rows(content, text_column, label_column, limits))
-    check_label_spellings((row.label, row.spelling, f"line {row.line}") for row in rows)
+    if label_column is not None:
+        check_label_spellings((row.label, row.spelling, f"line {row.line}") for row in rows)
     splits_given = any(row.split for row in rows)
     records = []
     for row in rows:
@@ -70,7 +72,7 @@ class Row(NamedTuple):
     spelling: str  # the label exactly as the file wrote it (JSON-quoted), to spot classes spelled two ways
 
 
-def _csv_rows(content: str, text_column: str, label_column: str, limits: InputLimits) -> Iterable[Row]:
+def _csv_rows(content: str, text_column: str, label_column: str | None, limits: InputLimits) -> Iterable[Row]:
     """Yield checked rows of a CSV with a header line; a row with more or fewer fields than the header is refused."""
     reader = csv.DictReader(io.StringIO(content, newline=""))
     try:
@@ -90,9 +92,9 @@ def _csv_rows(content: str, text_column: str, label_column: str, limits: InputLi
                         else "give every row a value for each column"
                     )
                 )
-            raw_label = row[label_column] or ""
+            raw_label = (row[label_column] or "") if label_column is not None else ""
             text, label = row[text_column] or "", raw_label.strip()
-            _check_row(reader.line_num, text, label, limits)
+            _check_row(reader.line_num, text, label if label_column is not None else None, limits)
             yield Row(reader.line_num, text, label, row.get("split"), json.dumps(raw_label, ensure_ascii=False))
     except csv.Error as exc:
         detail = str(exc)
@@ -105,16 +107,16 @@ def _csv_rows(content: str, text_column: str, label_column: str, limits: InputLi
         raise InvalidUpload(f"the CSV could not be parsed at line {reader.reader.line_num} ({detail})") from exc
 
 
-def _check_header(fieldnames: list[str], text_column: str, label_column: str) -> None:
+def _check_header(fieldnames: list[str], text_column: str, label_column: str | None) -> None:
     """The text and label columns exist, and no column this service reads is named twice."""
-    for column, option in ((text_column, "text_column"), (label_column, "label_column")):
+    for column, option in _read_columns(text_column, label_column):
         if column not in fieldnames:
             found = ", ".join(f"'{shown(f)}'" for f in fieldnames[:50])
             raise InvalidUpload(
                 f"the CSV has no '{shown(column)}' column (columns found: {found}); "
                 f"set the {option} option to the name of the right column"
             )
-    for column in (text_column, label_column, "split"):
+    for column in (text_column, label_column or text_column, "split"):
         if fieldnames.count(column) > 1:
             raise InvalidUpload(f"the CSV header names the column '{shown(column)}' twice; rename or remove one")
 
@@ -135,7 +137,13 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
     return dict(pairs)
 
 
-def _jsonl_rows(content: str, text_column: str, label_column: str, limits: InputLimits) -> Iterator[Row]:
+def _read_columns(text_column: str, label_column: str | None) -> list[tuple[str, str]]:
+    """The columns a file must have, each with the option that names it."""
+    columns = [(text_column, "text_column")]
+    return columns + [(label_column, "label_column")] if label_column is not None else columns
+
+
+def _jsonl_rows(content: str, text_column: str, label_column: str | None, limits: InputLimits) -> Iterator[Row]:
     """Yield checked rows of a JSON Lines file, one object per line."""
     # split("\n") rather than splitlines(): JSON strings may legally hold U+2028 and friends.
     for line, raw in enumerate(content.split("\n"), start=1):
@@ -143,11 +151,9 @@ def _jsonl_rows(content: str, text_column: str, label_column: str, limits: Input
             continue
         obj = _json_line(line, raw)
         if not isinstance(obj, dict):
-            raise InvalidUpload(
-                f"line {line} is not a JSON object; each line must look like "
-                f'{{"{shown(text_column)}": "...", "{shown(label_column)}": "..."}}'
-            )
-        for key, option in ((text_column, "text_column"), (label_column, "label_column")):
+            example = ", ".join(f'"{shown(column)}": "..."' for column, _ in _read_columns(text_column, label_column))
+            raise InvalidUpload(f"line {line} is not a JSON object; each line must look like {{{example}}}")
+        for key, option in _read_columns(text_column, label_column):
             if key not in obj:
                 found = ", ".join(f"'{shown(k)}'" for k in list(obj)[:50]) or "none"
                 raise InvalidUpload(
@@ -157,11 +163,12 @@ def _jsonl_rows(content: str, text_column: str, label_column: str, limits: Input
         text, split = obj[text_column], obj.get("split")
         if not isinstance(text, str):
             raise InvalidUpload(f"line {line}: '{shown(text_column)}' must be a string, not {_json_kind(text)}")
-        label = _json_label(line, label_column, obj[label_column])
+        label = _json_label(line, label_column, obj[label_column]) if label_column is not None else None
         if split is not None and not isinstance(split, str):
             raise InvalidUpload(f'line {line}: \'split\' must be one of "train", "val" or "test"')
         _check_row(line, text, label, limits)
-        yield Row(line, text, label, split, json.dumps(obj[label_column], ensure_ascii=False))
+        spelling = json.dumps(obj[label_column], ensure_ascii=False) if label_column is not None else ""
+        yield Row(line, text, label or "", split, spelling)
 
 
 def _json_line(line: int, raw: str) -> Any:
@@ -199,8 +206,9 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def _check_row(line: int, text: str, label: str, limits: InputLimits) -> None:
-    """Refuse rows with an empty, too long or control-character text, or an empty, too long or control label."""
+def _check_row(line: int, text: str, label: str | None, limits: InputLimits) -> None:
+    """Refuse rows with an empty, too long or control-character text, or an empty, too long or control label
+    (None: the file has no labels)."""
     if not text.strip():
         raise InvalidUpload(f"line {line}: the text is empty")
     if len(text) > limits.max_text_chars:
@@ -213,4 +221,5 @@ def _check_row(line: int, text: str, label: str, limits: InputLimits) -> None:
             f"line {line}: the text holds the control character U+{ord(control.group()):04X} at character "
             f"{control.start() + 1}; remove it (tabs and line breaks are fine)"
         )
-    check_label(f"line {line}", label)
+    if label is not None:
+        check_label(f"line {line}", label)

@@ -1,5 +1,5 @@
 """What a key may do: read (every GET), train (change datasets, jobs and aliases; includes read, since whoever
-submits a job watches it), predict (POST /predict only), and admin (all of them)."""
+submits a job watches it), predict (POST /predict, and batch prediction runs under /predictions), and admin (all of them)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ chromium:
 	elif [ "$$(id -u)" = "0" ]; then apt-get update -q && apt-get install -y -q chromium; \
 	else echo "tests/test_console.py needs Chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium'" >&2; exit 1; fi
 
-# The whole suite twice: on the embedded default, then on PostgreSQL + Redis + S3 (moto) when they answer.
+# The whole suite on the embedded default, then every test that touches the stack (the service, its workers, its
+# store, PostgreSQL) again on PostgreSQL + Redis + S3 (moto) when they answer (tests/conftest.py says which).
 # In CI (CI=true) the production suite is never skipped.
 test: install chromium
 	$(PY) -m pytest -m "not production"

@@ -28,10 +28,12 @@ cli.add_typer(teams, name="teams")
 def _prepare() -> None:
     """Make the var folder and bring the schema to head (idempotent, quick when up to date)."""
     from app.migrate import upgrade
+    from app.queue import TRAINING_QUEUE, prepare_embedded_broker
 
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    prepare_embedded_broker(settings, [TRAINING_QUEUE])
 
 
 def _expiry(expires_in_days: float | None, expires_at: str | None) -> datetime | None:

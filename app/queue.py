@@ -5,7 +5,13 @@ claims the job the scheduling rule puts first (app/jobs/scheduling.py), not nece
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterable
+from pathlib import Path
+
 from celery import Celery
+from kombu import Connection
+from kombu import Queue as BrokerQueue
 
 from app.config import DEFAULT_POOL, Settings
 
@@ -38,6 +44,24 @@ def make_celery(settings: Settings) -> Celery:
         # kombu passes transport options to create_engine() for the SQLAlchemy transport, which rejects them.
         app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     return app
+
+
+def prepare_embedded_broker(settings: Settings, queues: Iterable[str]) -> None:
+    """Create the embedded broker's tables and `queues` once, under a file lock. kombu's SQLAlchemy transport creates
+    them lazily in each process, and processes that start together race ("table kombu_queue already exists", a
+    UNIQUE failure on a queue's name): the worker that loses dies at start. Redis needs nothing."""
+    url = settings.broker_url or ""
+    prefix = "sqla+sqlite:///"
+    if not url.startswith(prefix):
+        return
+    path = Path(url[len(prefix) :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with Connection(url) as connection:
+            channel = connection.channel()
+            for name in queues:
+                BrokerQueue(name, routing_key=name).bind(channel).declare()
 
 
 def enqueue_training(celery: Celery, job_id: str, pool: str = DEFAULT_POOL) -> None:

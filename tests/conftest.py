@@ -66,6 +66,22 @@ class Service:
         return processes.create_key(self.env, team)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The production pass (FINETUNE_TEST_STACK=production, after the embedded one in `make test`) runs what its stack
+    changes: tests on the `stack` fixture (the service, its workers, its store) and those marked production
+    (PostgreSQL used directly). The rest do not touch the stack and ran, identically, in the embedded pass;
+    FINETUNE_TEST_ALL=1 runs them again."""
+    if os.environ.get("FINETUNE_TEST_STACK") != "production" or os.environ.get("FINETUNE_TEST_ALL"):
+        return
+    keep = [
+        item for item in items if "stack" in getattr(item, "fixturenames", ()) or item.get_closest_marker("production")
+    ]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("base-models")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from app.config import get_settings
-from app.queue import make_celery
+from app.queue import TRAINING_QUEUE, make_celery, prepare_embedded_broker, queue_for
 
-celery_app = make_celery(get_settings())
+settings = get_settings()
+# before Celery connects: its own queue, and the default pool's (where reports and batch predictions go)
+prepare_embedded_broker(settings, {queue_for(settings.worker_pool), TRAINING_QUEUE})
+celery_app = make_celery(settings)
 celery_app.conf.imports = ("worker.tasks",)

@@ -105,7 +105,7 @@ def _check_adapter(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, ta
         skeleton = model_skeleton(base.folder, task, len(dataset.labels))
     except Exception:  # an unreadable or unknown config: the worker loads the model and says what is wrong
         return
-    targets = hp.adapter.target_modules or default_targets(skeleton)
+    targets = hp.adapter.target_modules or default_targets(skeleton, hp.adapter.r)
     problem = target_problem(skeleton, targets, named_head_modules(skeleton))
     if problem:
         raise InvalidInput(f"base_model '{base.name}': {problem}")

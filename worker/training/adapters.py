@@ -29,7 +29,7 @@ def attach_adapter(model: torch.nn.Module, head: set[str], adapter: Adapter) -> 
     if not head:
         raise JobFailed("could not find this model's classification head to train beside the adapter")
     head_modules = {name.rsplit(".", 1)[0] for name in head}
-    targets = adapter.target_modules or default_targets(model)
+    targets = adapter.target_modules or default_targets(model, adapter.r)
     problem = target_problem(model, targets, head_modules)
     if problem:
         raise JobFailed(problem)

@@ -129,13 +129,13 @@ def get_sender(request: Request) -> Send:
     return partial(enqueue_training, request.app.state.celery)
 
 
-def get_report_sender(request: Request) -> Callable[[str], None]:
-    """Sends a checkpoint's id to the workers, which compute its evaluation report."""
+def get_report_sender(request: Request) -> Send:
+    """Sends a checkpoint's id to the workers of a pool, which compute its evaluation report."""
     return partial(enqueue_checkpoint_report, request.app.state.celery)
 
 
-def get_prediction_sender(request: Request) -> Callable[[str], None]:
-    """Sends a committed batch prediction run's id to the workers."""
+def get_prediction_sender(request: Request) -> Send:
+    """Sends a committed batch prediction run's id to the workers of a pool."""
     return partial(enqueue_batch_prediction, request.app.state.celery)
 
 
@@ -151,8 +151,8 @@ CurrentTeam = Annotated[Team, Depends(require(Scope.read))]
 NEEDS_TRAIN: Any = Depends(require(Scope.train))
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SendJob = Annotated[Send, Depends(get_sender)]
-SendReport = Annotated[Callable[[str], None], Depends(get_report_sender)]
-SendPrediction = Annotated[Callable[[str], None], Depends(get_prediction_sender)]
+SendReport = Annotated[Send, Depends(get_report_sender)]
+SendPrediction = Annotated[Send, Depends(get_prediction_sender)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # A dataset, job or model id in a URL: bounded, so a 404 never echoes more than this.
 ResourceId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -16,8 +16,8 @@ from kombu import Queue as BrokerQueue
 from app.config import DEFAULT_POOL, Settings
 
 TRAIN_TASK = "finetune.train"
-CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the default pool's queue: it needs a worker's model and data
-BATCH_PREDICT_TASK = "finetune.batch_predict"  # on the default pool's queue too: a worker loads the model
+CHECKPOINT_REPORT_TASK = "finetune.checkpoint_report"  # on the queue of the pool its job trained in
+BATCH_PREDICT_TASK = "finetune.batch_predict"  # the same: the pool where its model was trained
 TRAINING_QUEUE = "training"  # the default pool's queue (the name it had before pools)
 # Longer than any job: a message is redelivered only if its worker died without acking.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -69,11 +69,12 @@ def enqueue_training(celery: Celery, job_id: str, pool: str = DEFAULT_POOL) -> N
     celery.send_task(TRAIN_TASK, args=[job_id], queue=queue_for(pool))
 
 
-def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str) -> None:
-    """Ask a worker of the default pool for a checkpoint's evaluation report (app/jobs/checkpoint_reports.py)."""
-    celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=TRAINING_QUEUE)
+def enqueue_checkpoint_report(celery: Celery, checkpoint_id: str, pool: str = DEFAULT_POOL) -> None:
+    """Ask a worker of `pool` (where the checkpoint's job trained: a fleet may have no default pool) for a
+    checkpoint's evaluation report (app/jobs/checkpoint_reports.py)."""
+    celery.send_task(CHECKPOINT_REPORT_TASK, args=[checkpoint_id], queue=queue_for(pool))
 
 
-def enqueue_batch_prediction(celery: Celery, run_id: str) -> None:
-    """Send a committed prediction run's id to the workers (see app/predictions/service.py)."""
-    celery.send_task(BATCH_PREDICT_TASK, args=[run_id], queue=TRAINING_QUEUE)
+def enqueue_batch_prediction(celery: Celery, run_id: str, pool: str = DEFAULT_POOL) -> None:
+    """Send a committed prediction run's id to the workers of `pool` (see app/predictions/service.py)."""
+    celery.send_task(BATCH_PREDICT_TASK, args=[run_id], queue=queue_for(pool))

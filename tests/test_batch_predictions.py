@@ -164,7 +164,9 @@ def test_a_run_whose_worker_was_lost_is_sent_again_and_rewrites_its_results(serv
             )
         celery = make_celery(settings)
         with db.session() as session:
-            sent = predictions.reap(session, settings, lambda run_id: enqueue_batch_prediction(celery, run_id))
+            sent = predictions.reap(
+                session, settings, lambda run_id, pool: enqueue_batch_prediction(celery, run_id, pool)
+            )
         assert first["id"] in sent
         again = wait_for_run(client, first["id"])
         assert again["status"] == "succeeded" and again["rows_done"] == again["rows_total"]

@@ -161,3 +161,21 @@ def test_a_request_no_pool_can_run_is_a_422_naming_the_pools(fleet):
         detail = answer.json()["detail"]
         assert says in detail and "x (up to 1 per worker)" in detail and "default (up to 1 per worker)" in detail
     assert client.get("/jobs", params={"status": "queued"}).json()["items"] == []
+
+
+def test_a_batch_prediction_runs_in_the_pool_its_model_was_trained_in(fleet):
+    """A fleet may have no default pool: a model's batch predictions (and checkpoint reports) go to its job's pool."""
+    client, data = _team(fleet, "batch-pool")
+    _wait_workers(client, {X: 1})
+    job = wait_for_job(client, _submit(client, data, X)["id"], timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    created = client.post("/predictions", json={"model": job["model_id"], "dataset_id": data})
+    assert created.status_code == 202, created.text
+    deadline = time.monotonic() + 180
+    while (run := client.get(f"/predictions/{created.json()['id']}").json())["status"] in {"queued", "running"}:
+        assert time.monotonic() < deadline, run
+        time.sleep(0.3)
+    assert run["status"] == "succeeded", run["error"]
+    logs = {name: (fleet.var_dir / "logs" / f"{name}.log").read_text() for name in fleet.processes if name != "api"}
+    received = [name for name, text in logs.items() if "Task finetune.batch_predict[" in text]
+    assert received == ["w-x"], received

@@ -59,8 +59,8 @@ def batch_predict(run_id: str) -> None:
     run_batch_prediction(run_id, get_settings(), db, store)
 
 
-def _send_prediction(run_id: str) -> None:
-    enqueue_batch_prediction(celery_app, run_id)
+def _send_prediction(run_id: str, pool: str) -> None:
+    enqueue_batch_prediction(celery_app, run_id, pool)
 
 
 @worker_shutting_down.connect

@@ -54,7 +54,7 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def checkpoint_report(
-    session: Session, job: TrainingJob, ref: str, send: Callable[[str], None]
+    session: Session, job: TrainingJob, ref: str, send: Callable[[str, str], None]
 ) -> tuple[int, dict[str, Any]]:
     """(200, the report) when it exists, else (202, where to poll) after queueing it if nobody has."""
     checkpoint = find_checkpoint(session, job, ref)
@@ -69,7 +69,7 @@ def checkpoint_report(
         )
     if _queue(session, checkpoint.id):
         try:
-            send(checkpoint.id)
+            send(checkpoint.id, job.pool)
         except Exception as exc:  # the broker is down: leave it unrequested, so the next request sends it
             log.warning("could not send the report of checkpoint %s: %s", checkpoint.id, exc)
             session.execute(update(Checkpoint).where(Checkpoint.id == checkpoint.id).values(report_status=None))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.layout import prediction_input_key, prediction_key, write_dataset
 from app.artifacts.store import ArtifactStore
-from app.config import Settings
+from app.config import DEFAULT_POOL, Settings
 from app.datasets.ingest import ParsedDataset
 from app.datasets.service import get_dataset
 from app.datasets.tables import Dataset
@@ -25,6 +25,7 @@ from app.datasets.text_file import parse_text
 from app.db import rows_changed, utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.input_limits import InputLimits
+from app.jobs.tables import TrainingJob
 from app.pagination import PageParams, newest_first
 from app.predictions.schemas import PredictionCreate
 from app.predictions.tables import ACTIVE, PredictionRun, PredictionStatus
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def create_run(
-    session: Session, settings: Settings, team_id: str, spec: PredictionCreate, send: Callable[[str], None]
+    session: Session, settings: Settings, team_id: str, spec: PredictionCreate, send: Callable[[str, str], None]
 ) -> PredictionRun:
     """Resolve the model and dataset (the team's own, else 404), check the row cap, store the run, commit, send."""
     model = resolve_model(session, team_id, spec.model)
@@ -86,7 +87,7 @@ def create_run_from_upload(
     model_ref: str | None,
     top_k: int,
     upload: Upload,
-    send: Callable[[str], None],
+    send: Callable[[str, str], None],
 ) -> PredictionRun:
     """Parse an uploaded CSV/JSONL of texts with the datasets' parser and caps (labels optional), store it under
     the run, commit, send. Image files are scored as a dataset (upload it with POST /datasets, pass dataset_id)."""
@@ -135,11 +136,23 @@ def count_rows(dataset: Dataset, split: str | None) -> int:
     return sum(dataset.counts.get(split, {}).values())
 
 
-def dispatch(session: Session, run_id: str, send: Callable[[str], None]) -> bool:
+def pool_of_run(session: Session, run_id: str) -> str:
+    """The pool whose workers score a run: where its model was trained (a fleet may have no default pool); the default
+    pool for a model with no job behind it."""
+    pool = session.scalar(
+        select(TrainingJob.pool)
+        .join(RegisteredModel, RegisteredModel.job_id == TrainingJob.id)
+        .join(PredictionRun, PredictionRun.model_id == RegisteredModel.id)
+        .where(PredictionRun.id == run_id)
+    )
+    return pool or DEFAULT_POOL
+
+
+def dispatch(session: Session, run_id: str, send: Callable[[str, str], None]) -> bool:
     """Send a committed, queued run to the workers and note when; False if the broker is unreachable (the
     reaper sends it again later)."""
     try:
-        send(run_id)
+        send(run_id, pool_of_run(session, run_id))
     except Exception as exc:
         log.warning("could not send prediction run %s: %s", run_id, exc)
         return False
@@ -258,7 +271,7 @@ def fail(session: Session, run_id: str, attempt: int, error: str) -> bool:
     return bool(rows_changed(session, update(PredictionRun).where(*_fenced(run_id, attempt)).values(**values)))
 
 
-def reap(session: Session, settings: Settings, send: Callable[[str], None]) -> list[str]:
+def reap(session: Session, settings: Settings, send: Callable[[str, str], None]) -> list[str]:
     """Re-send runs whose worker stopped renewing its lease, and queued runs whose message may have been lost; the
     claim of the re-sent message starts the run over (see the module docstring). The ids sent."""
     now = utcnow()

@@ -172,6 +172,9 @@ class TimingHooks:
     def save_checkpoint(self, run, metric_name, value, is_best) -> None:
         pass
 
+    def event(self, kind, message) -> None:
+        C.log(f"[service] {kind}: {message}")
+
 
 class HandMethod:
     """The loop from every tutorial."""

@@ -228,7 +228,8 @@ def eval_batches(run: Run, split: str) -> Iterator[tuple[torch.Tensor, torch.Ten
     run.model.eval()
     try:
         data = run.splits[split]
-        for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
+        size = max(math.ceil(run.batch_size / run.micro_batches), 64)  # what fits in training fits here
+        for inputs, labels in batches(data, run.spec, run.processor, run.prep, size):
             labels = labels.to(run.device)
             with autocast(run.device, run.precision):
                 logits = run.model(**to_device(inputs, run.device)).logits.float()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short check for a machine with a CUDA GPU (about 5 minutes, every part bounded by `timeout`):
+# One short check for a machine with a CUDA GPU (about 5 minutes; each part bounded by `timeout`, 8.5 at most):
 #   env               torch, CUDA, the devices, what precision "auto" picks there
 #   train_throughput  training samples/s, the service's loop (build_run + fit) vs transformers' Trainer, same model
 #                     (MiniLM-L6), same batch (32 x 64 tokens), bf16 on the GPU (bench/train_throughput.py --device cuda)
@@ -43,9 +43,9 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     echo '{"check": "gpu_check", "skipped": "no CUDA device visible to torch: nothing to measure"}' | tee -a "$OUT"
     exit 0
 fi
-part train_throughput 150 "$PY" bench/train_throughput.py --device cuda --cases minilm --methods service,hand,trainer \
+part train_throughput 120 "$PY" bench/train_throughput.py --device cuda --cases minilm --methods service,hand,trainer \
     --rounds 3 --warmup 5 --steps 30 --no-memory --no-check
-part predict 90 "$PY" bench/predict.py --duration 8 --warmup 2 --slices 2 --clients 1,32
+part predict 120 "$PY" bench/predict.py --duration 6 --warmup 2 --slices 2 --clients 1,32
 echo '{"check": "predict", "note": "the API serves /predict on its CPU: there is no setting yet that places served models on a GPU"}' | tee -a "$OUT"
 part oom_fallback 90 "$PY" bench/gpu_check.py oom
-part ddp_2_gpus 150 "$PY" bench/gpu_check.py ddp --timeout 120
+part ddp_2_gpus 120 "$PY" bench/gpu_check.py ddp --timeout 90

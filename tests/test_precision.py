@@ -33,6 +33,7 @@ HP = {"batch_size": 8, "epochs": 2, "max_length": 16, "early_stopping": None, "e
 
 
 def split_records() -> list[dict]:
+    """32 training rows (both classes), 8 validation, 8 test."""
     splits = ["train", "train", "train", "train", "val", "test"]
     return [{**r, "split": splits[i % 6]} for i, r in enumerate(text_rows(per_class=24, seed=7))]
 

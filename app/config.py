@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     team_max_running_jobs: int | None = Field(
         None, ge=1, description="jobs one team may run at once across the fleet; unset: no cap (see teams limits)"
     )
+    test_oom_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="TEST ONLY (refused with FINETUNE_ENV=prod): each job this worker runs raises a CUDA out-of-memory "
+        "error once, in the forward/backward passes of this optimizer step, on any device (the recovery's tests)",
+    )
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
@@ -146,6 +152,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
         if not self.artifacts_url:
             self.artifacts_url = str(self.var_dir / "artifacts")
+        if self.env == "prod" and self.test_oom_at_step is not None:
+            raise ValueError("FINETUNE_TEST_OOM_AT_STEP injects failures into jobs and is for tests only; unset it")
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("FINETUNE_LEASE_SECONDS must be at least twice FINETUNE_HEARTBEAT_SECONDS")
         if self.models_dir == Path():

@@ -127,6 +127,9 @@ class BestKeepingHooks:
     def at_step_boundary(self, run) -> None:
         pass
 
+    def event(self, kind, message) -> None:
+        log(f"[{self.name}] {kind}: {message}")
+
     def save_checkpoint(self, run, metric_name, value, is_best) -> None:
         if is_best:
             self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}

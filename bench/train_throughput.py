@@ -1,6 +1,7 @@
 """Training throughput and peak memory: the service's loop vs a hand-written PyTorch loop vs transformers' Trainer.
 
     python bench/train_throughput.py [--cases minilm,efficientnet] [--rounds 3] [--warmup 2] [--steps 10]
+                                     [--device cpu|cuda]
 
 Cases (real pretrained models, real data, every sample the same shape so all methods do identical work):
   minilm        MiniLM-L6 text classification (Rotten Tomatoes fresh/rotten), seq 64 (every text is >= 64 tokens
@@ -24,6 +25,10 @@ the figure is the median over rounds, and each method is reported as a ratio to 
 
 Peak memory: each method is also run alone in a fresh subprocess (same data, warmup + 4 steps) and reports the
 process's peak RSS (VmHWM, i.e. ru_maxrss without what Linux carries over from the forking parent) and the RSS peak sampled (psutil, 5 ms) during the training steps.
+
+With --device cuda (bench/gpu_check.sh) every method trains on the GPU in bf16: the service with precision "bf16"
+(autocast), the hand loops under bf16 autocast, Trainer with bf16=True; each step's timestamp is taken after a CUDA
+synchronize, so queued kernels are not counted as done.
 
 Finally it checks that the service preprocesses once: it counts calls to the task's encode, the tokenizer /
 image decoder and PIL.Image.open during build_run and during each of 2 training epochs of fit.
@@ -50,6 +55,7 @@ SEQ = 64
 IMAGE_PX = 112
 LR = 5e-5  # the service's default learning rate, used by every method
 METHODS = ("service", "hand", "hand_fused", "trainer")
+DEVICE = "cpu"  # --device: cpu, or cuda (bf16 for every method)
 CASES = ("minilm", "efficientnet")
 
 
@@ -93,7 +99,18 @@ def service_hp(case: str):
     from app.jobs.schemas import Hyperparameters
 
     extra = {"max_length": SEQ} if case == "minilm" else {"image_size": IMAGE_PX}
-    return Hyperparameters(batch_size=BATCH, learning_rate=LR, **extra)
+    return Hyperparameters(
+        batch_size=BATCH, learning_rate=LR, precision="bf16" if DEVICE == "cuda" else "fp32", **extra
+    )
+
+
+def stamp() -> float:
+    """Now, once the GPU has done what was queued (CUDA runs asynchronously)."""
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def plain_tensors(case: str, base: Path, labels: list[str], records: list[dict]):
@@ -127,7 +144,7 @@ def load_hf_model(case: str, base: Path, labels: list[str]):
 
     cls = AutoModelForSequenceClassification if case == "minilm" else AutoModelForImageClassification
     model = cls.from_pretrained(str(base), num_labels=len(labels), ignore_mismatched_sizes=True)
-    return model.train()
+    return model.to(DEVICE).train()
 
 
 # --- methods: each has prepare() once, then round(n) -> timestamps after each of n optimizer steps -----------------
@@ -141,7 +158,7 @@ class ServiceMethod:
 
         from worker.training.setup import build_run
 
-        self.run, _ = build_run(task, base, labels, records, service_hp(case), torch.device("cpu"))
+        self.run, _ = build_run(task, base, labels, records, service_hp(case), torch.device(DEVICE))
 
     def round(self, n: int) -> list[float]:
         from worker.training.loop import fit
@@ -161,7 +178,7 @@ class TimingHooks:
         self.times: list[float] = []
 
     def log_step(self, step, epoch, loss, lr, samples_per_s) -> None:
-        self.times.append(time.perf_counter())
+        self.times.append(stamp())
 
     def log_eval(self, step, epoch, values) -> None:
         pass
@@ -171,6 +188,9 @@ class TimingHooks:
 
     def save_checkpoint(self, run, metric_name, value, is_best) -> None:
         pass
+
+    def event(self, kind, message) -> None:
+        C.log(f"[service] {kind}: {message}")
 
 
 class HandMethod:
@@ -192,17 +212,21 @@ class HandMethod:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, **kwargs)
 
     def round(self, n: int) -> list[float]:
+        import torch
+
         times, running = [], 0.0
         self.model.train()
         while len(times) < n:
             for *xs, y in self.loader:
                 self.optimizer.zero_grad()
-                outputs = self.model(**dict(zip(self.keys, xs, strict=True)), labels=y)
+                batch = {k: x.to(DEVICE) for k, x in zip(self.keys, xs, strict=True)}
+                with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+                    outputs = self.model(**batch, labels=y.to(DEVICE))
                 loss = outputs.loss
                 loss.backward()
                 self.optimizer.step()
                 running += loss.item()
-                times.append(time.perf_counter())
+                times.append(stamp())
                 if len(times) == n:
                     break
         return times
@@ -233,7 +257,7 @@ class TrainerMethod:
 
         class Stamp(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                times.append(time.perf_counter())
+                times.append(stamp())
 
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-trainer-")
         self.args = TrainingArguments(
@@ -246,9 +270,10 @@ class TrainerMethod:
             logging_strategy="no",
             report_to=[],
             disable_tqdm=True,
-            use_cpu=True,
+            use_cpu=DEVICE == "cpu",
+            bf16=DEVICE == "cuda",
             dataloader_num_workers=0,
-            dataloader_pin_memory=False,
+            dataloader_pin_memory=DEVICE == "cuda",
             seed=0,
         )
         self.trainer = Trainer(model=load_hf_model(case, base, labels), args=self.args, train_dataset=Data())
@@ -558,8 +583,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     parser.add_argument("--no-check", action="store_true", help="skip the preprocess-once check")
     parser.add_argument("--profile", action="store_true", help="only a per-phase breakdown of a step, per case")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: every method in bf16")
     parser.add_argument("--memory-child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.memory_child:
         memory_child(*args.memory_child, warmup=2, steps=4)
         return
@@ -597,6 +625,7 @@ def main() -> None:
                 "batch": BATCH,
                 **({"seq": SEQ} if case == "minilm" else {"image_px": IMAGE_PX}),
                 "threads": n_threads,
+                "device": DEVICE,
                 "samples_per_s": round(fig["samples_per_s"], 2),
                 "ratio_to_hand": round(fig["samples_per_s"] / base_rate, 3) if base_rate else None,
                 "paired_ratio_to_hand": paired(figures, method, "hand"),

@@ -24,7 +24,14 @@ TEXT, IMAGE = TaskType.text_classification, TaskType.image_classification
         (TEXT, {"optimizer": "sgd"}, {"learning_rate": 1e-3}),
         (
             IMAGE,
-            {"learning_rate": 3e-4, "lr_scheduler": "constant", "epochs": 2, "strategy": "full", "batch_size": 32},
+            {
+                "learning_rate": 3e-4,
+                "lr_scheduler": "constant",
+                "epochs": 2,
+                "strategy": "full",
+                "batch_size": 32,
+                "precision": "bf16",
+            },
             {"learning_rate": 3e-4, "lr_scheduler": "constant", "epochs": 2, "strategy": "full", "auto": {}},
         ),
     ],

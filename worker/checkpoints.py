@@ -33,7 +33,7 @@ class CheckpointWriter:
         key = checkpoint_key(ctx.job_id, s.step)
         if best:
             s.best_checkpoint = key
-        folder = save_checkpoint(self._local(key), run.model, run.optimizer, run.scheduler, s)
+        folder = save_checkpoint(self._local(key), run.model, run.optimizer, run.scheduler, s, run.scaler)
         ctx.store.put_dir(folder, key, last=MANIFEST)
         manifest = (folder / MANIFEST).read_bytes()
         if ctx.store.get_bytes(f"{key}/{MANIFEST}") != manifest:
@@ -72,7 +72,7 @@ def resume_latest(ctx: JobContext, run: Run, event: Callable[[str, str], None]) 
     )
     for checkpoint_id, key, step in rows:
         try:
-            run.state = load_checkpoint(ctx.store.local_dir(key), run.model, run.optimizer, run.scheduler)
+            run.state = load_checkpoint(ctx.store.local_dir(key), run.model, run.optimizer, run.scheduler, run.scaler)
             break
         except Exception as exc:  # missing or corrupt files: fall back to an older checkpoint
             event(

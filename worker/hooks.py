@@ -138,3 +138,8 @@ class DbHooks:
     def event(self, kind: str, message: str) -> None:
         ctx = self.ctx
         ctx.transact("event", lambda session: run_records.add_event(session, ctx.job_id, ctx.attempt, kind, message))
+
+    def record_auto(self, name: str, reason: str) -> None:
+        """What the worker decided for `name` (precision), in the job's stored spec under `auto`."""
+        ctx = self.ctx
+        ctx.transact("spec", lambda session: run_records.record_auto(session, ctx.job_id, ctx.attempt, name, reason))

@@ -142,6 +142,10 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
             f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"
         ) from exc
     del records
+    run.oom_at_step = ctx.settings.test_oom_at_step
+    hooks.event("precision", f"training in {run.precision.reason}")
+    if hp.precision == "auto" or run.precision.name != hp.precision:
+        hooks.record_auto("precision", run.precision.reason)
     baselines = baselines_and_head_start(run)
     for note in [*notes, *baselines.notes]:
         hooks.event("note", note)

@@ -51,6 +51,8 @@ ADAPTER_LEARNING_RATES: dict[str, dict[str, float]] = {
     "vision_transformer": {"adamw": 5e-4, "sgd": 5e-3},
 }
 MAX_EPOCHS = 60
+# Only the worker that runs a job knows its device: it replaces this with what it chose (worker/training/precision.py).
+AUTO_PRECISION = "decided by the worker that runs the job: bf16 on a GPU with native bf16, else fp32"
 EVALUATIONS = 10  # when "auto" makes many short epochs, evaluate about this many times instead of every epoch
 # Measured on Rotten Tomatoes-100 with MiniLM (bench/small_data.py): starting from a linear-probe head (lp_ft) at the
 # default rate overfits within 20 steps (validation accuracy 61% against 68% from a fresh head), so "auto" trains a
@@ -116,5 +118,7 @@ def apply_defaults(
             )
     if hp.strategy == "auto":
         filled["strategy"], auto["strategy"] = auto_strategy(train_rows)
+    if hp.precision == "auto" and "precision" not in auto:
+        auto["precision"] = AUTO_PRECISION
     filled["auto"] = auto
     return hp.model_copy(update=filled)

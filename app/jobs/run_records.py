@@ -8,7 +8,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs.lifecycle import heartbeat
-from app.jobs.tables import Checkpoint, JobEvent, Metric
+from app.jobs.tables import Checkpoint, JobEvent, Metric, TrainingJob
 from app.public_text import public_text
 
 
@@ -24,6 +24,15 @@ def add_event(session: Session, job_id: str, attempt: int, kind: str, message: s
     """An event from the attempt that owns the job (a stale trainer raises LostLease)."""
     heartbeat(session, job_id, attempt)
     session.add(JobEvent(job_id=job_id, kind=kind, message=public_text(message), attempt=attempt))
+
+
+def record_auto(session: Session, job_id: str, attempt: int, name: str, reason: str) -> None:
+    """What a setting the worker decides (precision: only it knows its device) became, and why, in the stored spec's
+    `auto`, beside what the API decided at submit."""
+    heartbeat(session, job_id, attempt)
+    stored = session.scalar(select(TrainingJob.hyperparameters).where(TrainingJob.id == job_id)) or {}
+    updated = {**stored, "auto": {**stored.get("auto", {}), name: public_text(reason)}}
+    session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(hyperparameters=updated))
 
 
 def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:

@@ -104,7 +104,15 @@ class Hyperparameters(BaseModel):
         description="split each batch of batch_size examples into this many micro-batches whose gradients add up "
         "before one optimizer step: the effective batch stays batch_size (which must be a multiple of it) while a "
         "worker holds the activations of batch_size / steps examples only; steps, the scheduler and max_steps "
-        "count optimizer steps",
+        "count optimizer steps. On a CUDA out-of-memory error the worker doubles it (halving the micro-batch), says "
+        "so in an event and redoes the step",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description='arithmetic of training and evaluation: "auto": bf16 on a GPU that has it natively (Ampere and '
+        'later), else fp32 (the worker decides and records why in `auto`); "bf16": bf16 autocast (on a CPU too); '
+        '"fp16": fp16 autocast with a gradient scaler, for GPUs without bf16 (a CPU worker trains in fp32 instead '
+        'and says so); "fp32": exact',
     )
     augmentation: Literal["none", "light", "trivial"] = Field(
         "none",

@@ -27,9 +27,15 @@ PARTIAL = {"holds": "trainable parameters and buffers"}  # the weights file's me
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: FitState
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: FitState,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Write a complete checkpoint to a staging folder, fsync it, then rename it into place."""
+    """Write a complete checkpoint to a staging folder, fsync it, then rename it into place; `scaler`: fp16's loss
+    scale and its growth tracker (plain numbers)."""
     staging = folder.with_name(folder.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -42,6 +48,7 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "scheduler": scheduler.state_dict(),
         "python_rng": _python_rng_state(),
+        **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
     }
     (staging / "trainer_state.json").write_text(json.dumps(meta))
     _write_manifest(staging)
@@ -50,13 +57,22 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> FitState:
-    """Restore everything save_checkpoint wrote; refuses a folder whose checksums do not match."""
+def load_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None = None,
+) -> FitState:
+    """Restore everything save_checkpoint wrote; refuses a folder whose checksums do not match. A run in fp16
+    (`scaler`) resumed from a checkpoint of another precision starts from a fresh scale."""
     verify_manifest(folder)
     restore_weights(model, folder / WEIGHTS)
     meta = json.loads((folder / "trainer_state.json").read_text())
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and "grad_scaler" in meta:
+        scaler.load_state_dict(meta["grad_scaler"])
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available() and "cuda" in rng:

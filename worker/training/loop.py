@@ -15,12 +15,14 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from app.jobs.schemas import Hyperparameters
+from app.jobs.stop_reasons import JobFailed
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec
 from worker.training.augment import epoch_augmentation
 from worker.training.data import SplitData, batches, epoch_order
 from worker.training.evaluation import summary_metrics
 from worker.training.loss import normalizer, summed_loss
+from worker.training.precision import FP32, Precision, autocast
 from worker.training.state import FitState
 
 MINIMIZED = {"val_loss"}
@@ -36,6 +38,8 @@ class RunHooks(Protocol):
         """May raise to stop the run here (app.jobs.stop_reasons: cancelled, handed back, lease lost)."""
 
     def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None: ...
+    def event(self, kind: str, message: str) -> None:
+        """Something the user should know about the run (the job's events)."""
 
 
 @dataclass
@@ -57,12 +61,21 @@ class Run:
     head: list[str] = field(default_factory=list)  # the classification head's parameter names
     head_is_new: bool = True  # initialised fresh for these labels (not a fine-tuned model's own head)
     class_weights: torch.Tensor | None = None  # per label index, on `device`; None: all classes weigh 1
+    precision: Precision = FP32  # chosen for `device` by build_run (worker/training/precision.py)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling; checkpointed with the run
+    oom_at_step: int | None = None  # test only (FINETUNE_TEST_OOM_AT_STEP): a CUDA out-of-memory error at this step
 
     @property
     def batch_size(self) -> int:
         """The batch decided for this job (apply_defaults fills a left-out one before a Run exists)."""
         assert self.hp.batch_size is not None, "apply_defaults decides it"
         return self.hp.batch_size
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per optimizer step: gradient_accumulation_steps, doubled after each out-of-memory error
+        (the count lives in the state, so a resume keeps it)."""
+        return self.state.micro_batches or self.hp.gradient_accumulation_steps
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -80,7 +93,7 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
             run.splits["train"], run.spec, run.processor, run.prep, run.batch_size, order, s.batch_in_epoch, augment
         ):
             started = time.perf_counter()
-            loss = train_step(run, inputs, labels)
+            loss = train_step(run, inputs, labels, hooks)
             s.step += 1
             s.batch_in_epoch += 1
             if s.batch_in_epoch == run.steps_per_epoch:
@@ -95,25 +108,83 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
     return s
 
 
-def train_step(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-    """One optimizer step on one batch, in `gradient_accumulation_steps` micro-batches whose gradients add up to the
-    whole batch's; returns the batch's mean training loss (weighted and smoothed as the spec says)."""
-    run.optimizer.zero_grad(set_to_none=True)
+def train_step(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor, hooks: RunHooks | None = None) -> float:
+    """One optimizer step on one batch, in `run.micro_batches` micro-batches whose gradients add up to the whole
+    batch's; returns the batch's mean training loss (weighted and smoothed as the spec says). A CUDA out-of-memory
+    error in the forward or backward passes halves the micro-batch and redoes the step (reported through `hooks`)."""
     inputs, labels = to_device(inputs, run.device), labels.to(run.device, non_blocking=True)
+    rng = random_state(run.device)
+    while True:
+        try:
+            batch_loss = accumulate_gradients(run, inputs, labels)
+            break
+        except torch.cuda.OutOfMemoryError:
+            pass  # recover outside this block: until it ends, the error's traceback holds the failed pass's tensors
+        message = halve_micro_batch(run)
+        restore_random_state(run.device, rng)  # the redone step draws the same dropout as a first try would
+        if hooks is not None:
+            hooks.event("out_of_memory", message)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients
+    if run.hp.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.trainable, run.hp.max_grad_norm)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skipped when fp16 overflowed; the scale then shrinks
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    return batch_loss
+
+
+def accumulate_gradients(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    """Fresh gradients of the whole batch, summed over its micro-batches; returns the batch's loss."""
+    run.optimizer.zero_grad(set_to_none=True)
     weights, smoothing = run.class_weights, run.hp.label_smoothing
     total = normalizer(labels, weights)
     batch_loss = 0.0
-    for part, part_labels in micro_batches(inputs, labels, run.hp.gradient_accumulation_steps):
-        with autocast(run.device):
+    for part, part_labels in micro_batches(inputs, labels, run.micro_batches):
+        with autocast(run.device, run.precision):
             logits = run.model(**part).logits
         loss = summed_loss(logits, part_labels, weights, smoothing) / total
-        loss.backward()
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         batch_loss += loss.item()
-    if run.hp.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(run.trainable, run.hp.max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
+        if run.oom_at_step == run.state.step + 1:  # fault injection for tests: after a pass, as a real one would
+            run.oom_at_step = None
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected at step {run.state.step + 1})")
     return batch_loss
+
+
+def halve_micro_batch(run: Run) -> str:
+    """After an out-of-memory error: twice as many micro-batches, each half as large; the batch, its gradient and the
+    schedule stay what they were. Fails the job when a micro-batch of one example did not fit."""
+    step, before = run.state.step + 1, math.ceil(run.batch_size / run.micro_batches)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if before <= 1:
+        raise JobFailed(
+            f"CUDA out of memory at step {step} with a micro-batch of one example: this model does not fit the "
+            "GPU's memory at this input size; use a smaller max_length or image_size, an adapter or a frozen "
+            "backbone, or a pool with larger GPUs"
+        )
+    run.state.micro_batches = run.micro_batches * 2
+    after = math.ceil(run.batch_size / run.micro_batches)
+    return (
+        f"CUDA out of memory at step {step} with micro-batches of {before} examples: redoing the step in "
+        f"{run.micro_batches} micro-batches of {after} (gradient accumulation {run.micro_batches}); batch_size "
+        f"{run.batch_size}, the gradient and the schedule are unchanged"
+    )
+
+
+def random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def restore_random_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def micro_batches(
@@ -157,9 +228,10 @@ def eval_batches(run: Run, split: str) -> Iterator[tuple[torch.Tensor, torch.Ten
     run.model.eval()
     try:
         data = run.splits[split]
-        for inputs, labels in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
+        size = max(math.ceil(run.batch_size / run.micro_batches), 64)  # what fits in training fits here
+        for inputs, labels in batches(data, run.spec, run.processor, run.prep, size):
             labels = labels.to(run.device)
-            with autocast(run.device):
+            with autocast(run.device, run.precision):
                 logits = run.model(**to_device(inputs, run.device)).logits.float()
             yield logits, labels
     finally:
@@ -215,12 +287,12 @@ def epoch_progress(run: Run) -> float:
 
 
 def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors moved to `device`; flags (interpolate_pos_encoding) as they are."""
+    """Tensors moved to `device` (to a GPU from pinned memory, without waiting); flags (interpolate_pos_encoding) as
+    they are."""
     if device.type == "cpu":
         return inputs
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on GPUs; a no-op on CPU, where fp32 is both exact and fast enough."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    pin = device.type == "cuda"
+    return {
+        k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in inputs.items()
+    }

@@ -20,7 +20,8 @@ from sklearn.linear_model import LogisticRegression
 
 from worker.training.data import batches
 from worker.training.evaluation import summary_metrics
-from worker.training.loop import Run, autocast, to_device
+from worker.training.loop import Run, to_device
+from worker.training.precision import autocast
 
 C_GRID = (1.0, 0.1, 10.0, 0.01)  # ties go to the first: moderate regularisation
 MAX_PROBE_TRAIN = 20_000  # larger training splits are subsampled (seeded) for the probe
@@ -95,7 +96,7 @@ def frozen_features(run: Run) -> Features:
             captured.clear()
             for inputs, _ in batches(data, run.spec, run.processor, run.prep, max(run.batch_size, 64)):
                 inputs = to_device(inputs, run.device)
-                with autocast(run.device):
+                with autocast(run.device, run.precision):
                     out = run.model(**inputs, output_hidden_states=text)
                 rows.append(_mean_pooled(out.hidden_states[-1], inputs["attention_mask"]) if text else captured[-1])
             width = head.in_features if head else 1

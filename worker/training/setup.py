@@ -11,16 +11,19 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, get_scheduler
 
+from app.base_models.resolve import family_of_config
 from app.jobs.blocks import find_blocks
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import head_parameter_names, trained_labels
 from app.tasktypes.image import DecodedPerBatch
 from app.tasktypes.specs import task_spec
+from app.tasktypes.types import TaskType
 from worker.training.adapters import attach_adapter, describe_trainable, trainable_summary
 from worker.training.data import prepare_splits
 from worker.training.loop import Run
 from worker.training.loss import class_weight_tensor
+from worker.training.precision import choose_precision, grad_scaler
 
 NO_DECAY = ("bias", "norm", "ln", "layernorm")
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -64,6 +67,8 @@ def build_run(
         model, head = attach_adapter(loaded, head, hp.adapter)
         notes.append(describe_trainable(trainable_summary(model, hp.adapter)))
     torch.nn.Module.to(model, device)  # PreTrainedModel.to's type hints reject a device
+    if device.type == "cuda" and family_of_config(base_path, TaskType(task)) == "conv_image":
+        torch.nn.Module.to(model, memory_format=torch.channels_last)  # tensor-core convolutions want NHWC
     if hp.freeze == "backbone":
         freeze_backbone(model, head)
     elif hp.freeze == "last_n":
@@ -80,6 +85,8 @@ def build_run(
         num_training_steps=total,
     )
     run = Run(model, optimizer, scheduler, spec, processor, prep, hp, splits, device, steps_per_epoch, total)
+    run.precision = choose_precision(hp.precision, device)
+    run.scaler = grad_scaler(device, run.precision)
     # A head of the right size for other labels (LABEL_0, LABEL_1...) is as good as new: it knows nothing of these.
     run.head, run.head_is_new = sorted(head), bool(fresh) or trained_labels(base_path) != labels
     weights = class_weight_tensor(hp, labels, splits["train"].labels)

@@ -17,3 +17,4 @@ class FitState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     top_val_accuracy: float | None = None  # the highest validation accuracy any evaluation reached
+    micro_batches: int | None = None  # per optimizer step, once an out-of-memory error doubled them; None: the spec's

@@ -11,6 +11,8 @@ Cases (real pretrained models, real data, every sample the same shape so all met
 Methods (same model weights, data, batch size, shapes, torch threads; each in train mode with a fresh head):
   service       worker.training.setup.build_run + worker.training.loop.fit with timing hooks (default
                 Hyperparameters: fused AdamW, grad clipping 1.0, linear schedule, per-step log_step)
+  service_lora  the same with a LoRA adapter on the default layers (not in the default --methods; compare it with
+                --methods service,service_lora, which also prints its paired ratio to service)
   hand          the tutorial loop: DataLoader(TensorDataset, shuffle) over pre-tokenized / pre-normalised tensors,
                 torch.optim.AdamW(model.parameters(), lr) with its defaults, zero_grad / forward / loss / backward /
                 step, loss.item() per step
@@ -95,12 +97,12 @@ def case_records(case: str, n_train: int) -> tuple[str, Path, list[str], list[di
     return "image_classification", models / C.EFFICIENTNET, labels, [train[i] for i in order][:n_train] + val + test
 
 
-def service_hp(case: str):
+def service_hp(case: str, **options):
     from app.jobs.schemas import Hyperparameters
 
     extra = {"max_length": SEQ} if case == "minilm" else {"image_size": IMAGE_PX}
     return Hyperparameters(
-        batch_size=BATCH, learning_rate=LR, precision="bf16" if DEVICE == "cuda" else "fp32", **extra
+        **options, batch_size=BATCH, learning_rate=LR, precision="bf16" if DEVICE == "cuda" else "fp32", **extra
     )
 
 
@@ -152,13 +154,14 @@ def load_hf_model(case: str, base: Path, labels: list[str]):
 
 class ServiceMethod:
     name = "service"
+    options: dict = {}
 
     def __init__(self, case: str, task: str, base: Path, labels: list[str], records: list[dict]) -> None:
         import torch
 
         from worker.training.setup import build_run
 
-        self.run, _ = build_run(task, base, labels, records, service_hp(case), torch.device(DEVICE))
+        self.run, _ = build_run(task, base, labels, records, service_hp(case, **self.options), torch.device(DEVICE))
 
     def round(self, n: int) -> list[float]:
         from worker.training.loop import fit
@@ -169,6 +172,13 @@ class ServiceMethod:
         self.run.total_steps = n  # fit stops after n steps (then evaluates once, after the last timestamp)
         fit(self.run, hooks)
         return hooks.times
+
+
+class ServiceLoraMethod(ServiceMethod):
+    """The service's loop with a LoRA adapter on its default layers (issue 14: at least 1.3x full fine-tuning)."""
+
+    name = "service_lora"
+    options = {"adapter": {"type": "lora"}}
 
 
 class TimingHooks:
@@ -286,7 +296,7 @@ class TrainerMethod:
         return list(self.times)
 
 
-CLASSES = {m.name: m for m in (ServiceMethod, HandMethod, HandFusedMethod, TrainerMethod)}
+CLASSES = {m.name: m for m in (ServiceMethod, ServiceLoraMethod, HandMethod, HandFusedMethod, TrainerMethod)}
 
 
 def samples_per_s(times: list[float], warmup: int) -> float:
@@ -629,6 +639,7 @@ def main() -> None:
                 "samples_per_s": round(fig["samples_per_s"], 2),
                 "ratio_to_hand": round(fig["samples_per_s"] / base_rate, 3) if base_rate else None,
                 "paired_ratio_to_hand": paired(figures, method, "hand"),
+                **({"paired_ratio_to_service": paired(figures, method, "service")} if method == "service_lora" else {}),
                 "rounds_samples_per_s": fig["rounds"],
             }
             if not args.no_memory:

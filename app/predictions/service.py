@@ -204,7 +204,7 @@ def delete_run(session: Session, store: ArtifactStore, run: PredictionRun) -> No
             f"Prediction run '{run.id}' is {run.status}; cancel it first (POST /predictions/{run.id}/cancel), then "
             "delete it."
         )
-    key = run.storage_key or prediction_key(run.id)
+    key = run.storage_key or prediction_key(run.id)  # never "": that prefix is the whole store
     session.delete(run)
     session.flush()
     store.delete_prefix(key)

@@ -138,7 +138,9 @@ def keys_revoke(prefix_or_id: str = typer.Argument(..., help="the key's prefix o
 def teams_limits(
     team: str = typer.Option(..., "--team", help="team name"),
     active_jobs: int | None = typer.Option(None, min=0, help="jobs queued or running at once (0: the default)"),
-    storage_mb: int | None = typer.Option(None, min=0, help="MB of datasets, models, checkpoints (0: the default)"),
+    storage_mb: int | None = typer.Option(
+        None, min=0, help="MB of datasets, models, checkpoints, prediction runs (0: the default)"
+    ),
     weight: float | None = typer.Option(None, min=0, help="its share of the fleet against other teams' (0: back to 1)"),
     max_running_jobs: int | None = typer.Option(None, min=0, help="jobs it may run at once (0: the default)"),
 ) -> None:

@@ -502,6 +502,14 @@ def predictions_cancel(run_id: str, as_json: bool = JSON) -> None:
     typer.echo(_run_line(run))
 
 
+@predictions.command("delete")
+def predictions_delete(run_id: str) -> None:
+    """Delete a finished run with its results (and uploaded file), freeing their storage."""
+    with connect() as client:
+        client.predictions.delete(run_id)
+    typer.echo(f"deleted {run_id}")
+
+
 @predictions.command("download")
 def predictions_download(
     run_id: str,

@@ -1,4 +1,4 @@
-"""Batch prediction runs: score a dataset with a model on a worker, watch it, download its results."""
+"""Batch prediction runs: score a dataset with a model on a worker, watch it, download its results, delete it."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ class Predictions(Resource):
     def cancel(self, run_id: str) -> PredictionRun:
         """Cancel a queued or running run (a Conflict once it has finished)."""
         return PredictionRun.model_validate(self._call("POST", f"/predictions/{run_id}/cancel", idempotent=True))
+
+    def delete(self, run_id: str) -> None:
+        """Delete a finished run with its uploaded file and results, freeing their storage (a Conflict while it is
+        queued or running: cancel it first)."""
+        self._call("DELETE", f"/predictions/{run_id}")
 
     def wait(
         self,

@@ -215,6 +215,7 @@ class PredictionRun(ApiModel):
     rows_total: int
     rows_done: int
     error: str | None = None
+    size_bytes: int = 0  # stored (an uploaded file, the results), counted in the team's storage
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -244,6 +245,7 @@ class StorageUsage(Amount):
     datasets: int = 0
     models: int = 0
     checkpoints: int = 0
+    predictions: int = 0
 
 
 class Usage(ApiModel):

@@ -1,6 +1,6 @@
 """Batch prediction: a dataset through a model on a real worker, its results downloadable as CSV and JSONL, each
 row the answer POST /predict gives for the same text; another team sees nothing of it; a run whose worker was lost
-starts over and rewrites its results whole."""
+starts over and rewrites its results whole; what a run stores counts in its team's storage until it is deleted."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from app.artifacts.layout import dataset_key, read_dataset
+from app.artifacts.layout import dataset_key, prediction_key, read_dataset
 from app.cli import cli
 from app.config import Settings
 from app.db import Database, utcnow
 from app.predictions import service as predictions
 from app.predictions.tables import PredictionRun
 from app.queue import enqueue_batch_prediction, make_celery
+from app.teams.tables import Team
 from tests.conftest import wait_for_job
 from tests.factories import text_csv, text_rows
 
@@ -198,6 +199,10 @@ def test_the_cli_scores_a_split_and_downloads_it(cli_env, tmp_path, text_dataset
     assert len(table) == run["rows_total"] and {r["split"] for r in table} == {"val"}
     again = CliRunner().invoke(cli, ["predictions", "cancel", run["id"]], env=cli_env)
     assert again.exit_code == 1 and "already succeeded" in again.output
+    deleted = CliRunner().invoke(cli, ["predictions", "delete", run["id"]], env=cli_env)
+    assert deleted.exit_code == 0 and f"deleted {run['id']}" in deleted.output, deleted.output
+    gone = CliRunner().invoke(cli, ["predictions", "show", run["id"]], env=cli_env)
+    assert gone.exit_code == 1 and f"No prediction run '{run['id']}'" in gone.output
 
 
 def test_an_uploaded_file_of_texts_with_or_without_labels(service, client, other_key, model_id):
@@ -230,3 +235,118 @@ def test_an_uploaded_file_of_texts_with_or_without_labels(service, client, other
         theirs = other.post("/predictions", data={"model": model_id}, files={"file": ("t.jsonl", unlabelled)})
         assert theirs.status_code == 404 and model_id in theirs.json()["detail"]
         assert other.get(f"/predictions/{run['id']}/results").status_code == 404
+
+
+MB = 1024 * 1024
+
+
+def storage(client: httpx.Client) -> dict:
+    return client.get("/usage").json()["storage_bytes"]
+
+
+def stored_files(service, run_id: str) -> dict[str, int]:
+    """The run's files in the store (names under predictions/<id>/) and their sizes."""
+    store = service.store()
+    root = store.path(prediction_key(run_id))
+    return {path.removeprefix(root + "/"): store.fs.size(path) for path in service.stored_keys(prediction_key(run_id))}
+
+
+def test_what_a_run_stores_counts_in_usage_until_it_is_deleted(service, client, other_key, text_dataset, model_id):
+    """An uploaded file and its results, and a dataset's results, are the team's bytes in GET /usage; DELETE removes
+    the files and gives the bytes back; another team can delete nothing."""
+    before = storage(client)
+    uploaded = client.post(
+        "/predictions",
+        data={"model": model_id, "label_column": "label"},
+        files={"file": ("t.csv", text_csv(text_rows(5, seed=4)))},
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    assert uploaded.json()["size_bytes"] > 0  # the input is stored (and counted) before any worker runs
+    scored = client.post("/predictions", json={"model": model_id, "dataset_id": text_dataset, "split": "val"})
+    runs = [wait_for_run(client, answer.json()["id"]) for answer in (uploaded, scored)]
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"], runs
+    files = [stored_files(service, r["id"]) for r in runs]
+    assert set(files[0]) == {"input/records.jsonl", "results.csv", "results.jsonl"}
+    assert set(files[1]) == {"results.csv", "results.jsonl"}  # a dataset's rows stay the dataset's bytes
+    assert [r["size_bytes"] for r in runs] == [sum(f.values()) for f in files]
+    assert uploaded.json()["size_bytes"] in (files[0]["input/records.jsonl"], runs[0]["size_bytes"])
+
+    held = storage(client)
+    added = sum(size for f in files for size in f.values())
+    assert held["predictions"] - before["predictions"] == held["used"] - before["used"] == added
+    parts = ("datasets", "models", "checkpoints", "predictions")
+    assert held["used"] == sum(held[part] for part in parts)
+
+    with service.client(other_key) as other:
+        theirs = other.delete(f"/predictions/{runs[0]['id']}")
+        assert theirs.status_code == 404, theirs.text
+        assert theirs.json()["detail"] == f"No prediction run '{runs[0]['id']}'. List yours with GET /predictions."
+    assert stored_files(service, runs[0]["id"]) == files[0]
+
+    for run in runs:
+        assert client.delete(f"/predictions/{run['id']}").status_code == 204
+        assert client.get(f"/predictions/{run['id']}").status_code == 404
+        assert stored_files(service, run["id"]) == {}
+        assert client.delete(f"/predictions/{run['id']}").status_code == 404
+    after = storage(client)
+    assert (after["predictions"], after["used"]) == (before["predictions"], before["used"])
+
+
+def test_a_queued_or_running_run_is_cancelled_before_it_is_deleted(service, client, text_dataset, model_id):
+    """The run is put back into each state as a worker sees it (a fresh lease and send, so no reaper touches it):
+    deleting it answers 409 and leaves its files; cancelled, it deletes."""
+    created = client.post("/predictions", json={"model": model_id, "dataset_id": text_dataset, "split": "test"})
+    run = wait_for_run(client, created.json()["id"])
+    assert run["status"] == "succeeded", run["error"]
+    files = stored_files(service, run["id"])
+    assert files and run["size_bytes"] == sum(files.values())
+    db = Database(service.settings.database_url)
+    try:
+        for status in ("queued", "running"):
+            with db.session() as session:
+                now = utcnow()
+                session.execute(
+                    update(PredictionRun)
+                    .where(PredictionRun.id == run["id"])
+                    .values(status=status, heartbeat_at=now, enqueued_at=now, finished_at=None)
+                )
+            refused = client.delete(f"/predictions/{run['id']}")
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["detail"] == (
+                f"Prediction run '{run['id']}' is {status}; cancel it first (POST /predictions/{run['id']}/cancel), "
+                "then delete it."
+            )
+            assert stored_files(service, run["id"]) == files
+    finally:
+        db.dispose()
+    assert client.post(f"/predictions/{run['id']}/cancel").json()["status"] == "cancelled"
+    assert client.delete(f"/predictions/{run['id']}").status_code == 204
+    assert stored_files(service, run["id"]) == {}
+
+
+def test_an_upload_that_would_pass_the_storage_limit_is_refused(service, client, model_id):
+    """The same 429 as a dataset upload's, before the file is parsed or stored; a file that fits is taken."""
+    used = storage(client)["used"]
+    limit_mb = used // MB + 2
+    room = limit_mb * MB - used  # more than 1 MB, at most 2
+    team = client.get("/usage").json()["team"]
+    db = Database(service.settings.database_url)
+    try:
+        with db.session() as session:
+            session.execute(update(Team).where(Team.name == team).values(max_storage_mb=limit_mb))
+        too_big = b"text\n" + b"x" * (room + 1 - len(b"text\n"))
+        refused = client.post("/predictions", data={"model": model_id}, files={"file": ("t.csv", too_big)})
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) > 0
+        detail = refused.json()["detail"]
+        assert "limit (storage)" in detail and "DELETE /predictions/{id}" in detail and "GET /usage" in detail
+        assert storage(client)["used"] == used
+        fits = client.post("/predictions", data={"model": model_id}, files={"file": ("t.csv", b"text\ngood\nbad\n")})
+        assert fits.status_code == 202, fits.text
+        assert fits.json()["size_bytes"] > 0
+        assert wait_for_run(client, fits.json()["id"])["status"] == "succeeded"
+        assert client.delete(f"/predictions/{fits.json()['id']}").status_code == 204
+    finally:
+        with db.session() as session:
+            session.execute(update(Team).where(Team.name == team).values(max_storage_mb=None))
+        db.dispose()

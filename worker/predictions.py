@@ -36,7 +36,8 @@ class Stopped(Exception):
 
 
 def run_batch_prediction(run_id: str, settings: Settings, db: Database, store: ArtifactStore) -> None:
-    """Claim the run, score every row, store the results, mark it succeeded (or failed with a reason)."""
+    """Claim the run, score every row, store the results and count their bytes (the team's storage), mark it
+    succeeded (or failed with a reason)."""
 
     def transact(fn: Any) -> Any:
         def attempt() -> Any:
@@ -57,6 +58,7 @@ def run_batch_prediction(run_id: str, settings: Settings, db: Database, store: A
 
     try:
         rows_done = score(claimed, settings, store, report)
+        stored = store.size(claimed.storage_key)
     except Stopped:
         log.info("prediction run %s: cancelled or taken over; attempt %s stops", run_id, claimed.attempt)
         return
@@ -64,6 +66,10 @@ def run_batch_prediction(run_id: str, settings: Settings, db: Database, store: A
         log.exception("prediction run %s failed", run_id)
         reason = user_facing(exc)
         transact(lambda session: service.fail(session, run_id, claimed.attempt, reason))
+        return
+    if not transact(lambda session: service.record_size(session, run_id, stored)):
+        log.info("prediction run %s: deleted while its results were stored; removing them", run_id)
+        store.delete_prefix(claimed.storage_key)
         return
     transact(lambda session: service.succeed(session, run_id, claimed.attempt, rows_done))
 

@@ -119,6 +119,10 @@ class ArtifactStore:
                     raise
         return target
 
+    def size(self, key: str) -> int:
+        """The bytes stored under `key` (a file, or everything below a prefix); 0 when there is nothing."""
+        return int(self.fs.du(self.path(key), total=True))
+
     def delete_prefix(self, key: str) -> None:
         """Remove everything under `key`; missing is fine."""
         path = self.path(key)

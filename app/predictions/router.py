@@ -1,4 +1,4 @@
-"""HTTP for batch prediction runs: submit, list, read, download the results, cancel."""
+"""HTTP for batch prediction runs: submit, list, read, download the results, cancel, delete."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.pagination import Page, Paging
 from app.predictions import service
 from app.predictions.schemas import PredictionCreate, PredictionRead, PredictionUpload
 from app.predictions.tables import PredictionRun
+from app.quotas.service import check_can_store
 from app.teams.scopes import Scope, allows
 from app.teams.service import Caller
 from app.teams.tables import Team
@@ -55,7 +56,8 @@ ValidRun = Annotated[PredictionRun, Depends(valid_run)]
 async def create_prediction(request: Request, team: PredictingTeam, send: SendPrediction) -> PredictionRead:
     """Score a dataset (or one split) with a model or alias on a worker: JSON with a `dataset_id`, or multipart with
     a CSV/JSONL `file` of texts (and the fields `model`, `top_k`, `text_column`, `label_column`). Poll GET
-    /predictions/{id}, then download GET /predictions/{id}/results?format=csv|jsonl."""
+    /predictions/{id}, then download GET /predictions/{id}/results?format=csv|jsonl. The uploaded file and the results
+    count in the team's storage (429 over its limit) until DELETE /predictions/{id}."""
     state = request.app.state
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
@@ -68,6 +70,7 @@ async def create_prediction(request: Request, team: PredictingTeam, send: SendPr
         )
 
         def create(session: Session) -> PredictionRun:
+            check_can_store(session, state.settings, team, len(upload.data))
             return service.create_run_from_upload(
                 session, state.store, state.settings, team.id, fields.model, fields.top_k, upload, send
             )
@@ -75,6 +78,7 @@ async def create_prediction(request: Request, team: PredictingTeam, send: SendPr
         spec = PredictionCreate.model_validate_json(await request.body())
 
         def create(session: Session) -> PredictionRun:
+            check_can_store(session, state.settings, team, 0)  # its results will be stored: none once over the limit
             return service.create_run(session, state.settings, team.id, spec, send)
 
     def in_session() -> PredictionRead:
@@ -120,3 +124,10 @@ def cancel_prediction(team: PredictingTeam, run: ValidRun, session: SessionDep) 
     """Stop a queued or running run (its worker stops at its next batch). `team` first: a key without `predict`
     gets its 403 before the run is looked up."""
     return service.cancel_run(session, run)
+
+
+@router.delete("/{run_id}", status_code=204)
+def delete_prediction(team: PredictingTeam, run: ValidRun, session: SessionDep, store: StoreDep) -> None:
+    """Delete a finished run (succeeded, failed or cancelled) with its uploaded input and results, freeing their
+    storage; a queued or running run answers 409 (cancel it first)."""
+    service.delete_run(session, store, run)

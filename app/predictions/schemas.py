@@ -46,6 +46,7 @@ class PredictionRead(BaseModel):
     rows_total: int
     rows_done: int
     error: str | None
+    size_bytes: int = Field(description="bytes stored (an uploaded file, the results), counted in GET /usage")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

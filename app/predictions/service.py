@@ -1,4 +1,4 @@
-"""Batch prediction runs: submit, read, cancel (the API), and claim, progress, finish (the worker).
+"""Batch prediction runs: submit, read, cancel, delete (the API), and claim, progress, finish (the worker).
 
 Every write after a claim is a conditional UPDATE fenced by the run's attempt, as training jobs' are
 (app/jobs/lifecycle.py): a re-delivered message claims the run again with a new attempt and starts over from the
@@ -90,7 +90,8 @@ def create_run_from_upload(
     send: Callable[[str, str], None],
 ) -> PredictionRun:
     """Parse an uploaded CSV/JSONL of texts with the datasets' parser and caps (labels optional), store it under
-    the run, commit, send. Image files are scored as a dataset (upload it with POST /datasets, pass dataset_id)."""
+    the run (its bytes count in the team's storage), commit, send. Image files are scored as a dataset (upload it
+    with POST /datasets, pass dataset_id)."""
     model = resolve_model(session, team_id, model_ref)
     if model.task != TaskType.text_classification:
         raise InvalidInput(
@@ -114,8 +115,13 @@ def create_run_from_upload(
     session.flush()
     run.storage_key = prediction_key(run.id)
     parsed = ParsedDataset(TaskType.text_classification, [], records, {}, [], False)
-    write_dataset(store, prediction_input_key(run.id), parsed)
-    session.commit()
+    try:
+        write_dataset(store, prediction_input_key(run.id), parsed)
+        run.size_bytes = store.size(run.storage_key)
+        session.commit()
+    except BaseException:
+        store.delete_prefix(run.storage_key)  # a failure leaves nothing behind
+        raise
     dispatch(session, run.id, send)
     session.refresh(run)
     return run
@@ -190,6 +196,20 @@ def cancel_run(session: Session, run: PredictionRun) -> PredictionRun:
     return run
 
 
+def delete_run(session: Session, store: ArtifactStore, run: PredictionRun) -> None:
+    """Remove a finished run's row, then its files (an uploaded input and the results); a queued or running one
+    answers 409 (its worker could still write them)."""
+    if run.status in ACTIVE:
+        raise Conflict(
+            f"Prediction run '{run.id}' is {run.status}; cancel it first (POST /predictions/{run.id}/cancel), then "
+            "delete it."
+        )
+    key = run.storage_key or prediction_key(run.id)  # never "": that prefix is the whole store
+    session.delete(run)
+    session.flush()
+    store.delete_prefix(key)
+
+
 def results_key(run: PredictionRun, fmt: str) -> str:
     """The results file of a succeeded run, or 409 saying what the run is doing instead."""
     if run.status != PredictionStatus.succeeded:
@@ -259,6 +279,13 @@ def progress(session: Session, run_id: str, attempt: int, rows_done: int) -> boo
     """Record rows scored (and renew the lease); False if the run was cancelled or claimed again: stop."""
     values = {"rows_done": rows_done, "heartbeat_at": utcnow()}
     return bool(rows_changed(session, update(PredictionRun).where(*_fenced(run_id, attempt)).values(**values)))
+
+
+def record_size(session: Session, run_id: str, size_bytes: int) -> bool:
+    """Record the bytes the run now stores, whatever its status (a run cancelled while its results were copied still
+    holds them); False if the run was deleted meanwhile: its files are the caller's to remove."""
+    stored = update(PredictionRun).where(PredictionRun.id == run_id).values(size_bytes=size_bytes)
+    return bool(rows_changed(session, stored))
 
 
 def succeed(session: Session, run_id: str, attempt: int, rows_done: int) -> bool:

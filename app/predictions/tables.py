@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -40,6 +40,8 @@ class PredictionRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     storage_key: Mapped[str] = mapped_column(String(300), default="")  # its results (and an uploaded input)
     uploaded: Mapped[bool] = mapped_column(default=False)  # scores an uploaded file (under storage_key/input)
+    # Bytes under storage_key (an uploaded input, then the results): counted in the team's storage (GET /usage).
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -12,5 +12,6 @@ router = APIRouter(tags=["usage"])
 
 @router.get("/usage")
 def read_usage(team: CurrentTeam, session: SessionDep, settings: SettingsDep) -> dict:
-    """Jobs queued or running and bytes stored (datasets, models, checkpoints), each beside the team's limit."""
+    """Jobs queued or running and bytes stored (datasets, models, checkpoints, prediction runs), each beside the
+    team's limit."""
     return {"team": team.name, **usage(session, settings, team).as_dict()}

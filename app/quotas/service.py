@@ -15,6 +15,7 @@ from app.config import Settings
 from app.datasets.tables import Dataset
 from app.errors import TooManyRequests
 from app.jobs.tables import ACTIVE_STATUSES, Checkpoint, TrainingJob
+from app.predictions.tables import PredictionRun
 from app.registry.tables import RegisteredModel
 from app.teams.tables import Team
 
@@ -28,11 +29,12 @@ class Usage:
     dataset_bytes: int
     model_bytes: int
     checkpoint_bytes: int
+    prediction_bytes: int
     max_storage_bytes: int
 
     @property
     def stored_bytes(self) -> int:
-        return self.dataset_bytes + self.model_bytes + self.checkpoint_bytes
+        return self.dataset_bytes + self.model_bytes + self.checkpoint_bytes + self.prediction_bytes
 
     def as_dict(self) -> dict:
         return {
@@ -43,6 +45,7 @@ class Usage:
                 "datasets": self.dataset_bytes,
                 "models": self.model_bytes,
                 "checkpoints": self.checkpoint_bytes,
+                "predictions": self.prediction_bytes,
             },
         }
 
@@ -61,12 +64,16 @@ def usage(session: Session, settings: Settings, team: Team) -> Usage:
         .join(TrainingJob, TrainingJob.id == Checkpoint.job_id)
         .where(TrainingJob.team_id == team.id)
     )
+    predictions = session.scalar(
+        select(func.coalesce(func.sum(PredictionRun.size_bytes), 0)).where(PredictionRun.team_id == team.id)
+    )
     return Usage(
         active_jobs=int(active or 0),
         max_active_jobs=team.max_active_jobs or settings.team_max_active_jobs,
         dataset_bytes=int(datasets or 0),
         model_bytes=int(models or 0),
         checkpoint_bytes=int(checkpoints or 0),
+        prediction_bytes=int(predictions or 0),
         max_storage_bytes=(team.max_storage_mb or settings.team_max_storage_mb) * MB,
     )
 
@@ -95,7 +102,8 @@ def _check_storage(team: Team, now: Usage, new_bytes: int) -> None:
         raise TooManyRequests(
             f"team '{team.name}' stores {now.stored_bytes / MB:.1f} MB of its {now.max_storage_bytes / MB:.0f} MB "
             f"limit (storage){f' and this needs {new_bytes / MB:.1f} MB more' if new_bytes else ''}; free space "
-            "with DELETE /datasets/{id}, DELETE /models/{id} or DELETE /jobs/{id} (see GET /usage)",
+            "with DELETE /datasets/{id}, DELETE /models/{id}, DELETE /jobs/{id} or DELETE /predictions/{id} "
+            "(see GET /usage)",
             retry_after=3600,
         )
 

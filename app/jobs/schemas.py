@@ -221,6 +221,20 @@ class JobCreate(BaseModel):
     )
     resources: Resources = Field(default_factory=Resources)
 
+    @model_validator(mode="after")
+    def _batch_splits_across_devices(self) -> JobCreate:
+        """On several devices batch_size stays the global batch: each device trains batch_size / gpus of it."""
+        hp, gpus = self.hyperparameters, self.resources.gpus
+        unit = gpus * hp.gradient_accumulation_steps
+        if gpus > 1 and hp.batch_size is not None and hp.batch_size % unit:
+            each = f" and each share into gradient_accumulation_steps {hp.gradient_accumulation_steps}"
+            raise ValueError(
+                f"hyperparameters.batch_size {hp.batch_size} is the global batch and must split evenly across "
+                f"resources.gpus {gpus} devices{each if hp.gradient_accumulation_steps > 1 else ''}; use a "
+                f"batch_size that is a multiple of {unit}, or leave it out"
+            )
+        return self
+
 
 class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)

@@ -206,7 +206,11 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpus: int = Field(1, ge=1, le=64, description="devices of one worker (on a CPU worker: 1, the worker itself)")
+    gpus: int = Field(
+        1, ge=1, le=64,
+        description="devices of one worker; more than 1 trains data-parallel across them, batch_size staying the "
+        "global batch (a CPU worker counts as 1 device unless started with --gpus N: then N processes)",
+    )  # fmt: skip
     pool: str = Field(DEFAULT_POOL, pattern=POOL_PATTERN, description="the pool whose workers may run it")
 
 

@@ -1,6 +1,7 @@
 """A job on two devices (resources.gpus 2): DDP over gloo with two CPU processes on a real worker started with
 `--gpus 2`. It trains to the weights a one-process run of the same global batch reaches, resumes exactly after
-SIGKILL (its second rank dies with the worker), cancels, and its batch must split across the devices (422)."""
+SIGKILL (its second rank dies with the worker) and after a hand-back (SIGTERM), cancels, and its batch must split
+across the devices (422)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,10 @@ def _steps(client: httpx.Client, job_id: str, name: str) -> list[int]:
     return [m["step"] for m in items]
 
 
+def _live_worker(service) -> str:
+    return next(name for name, proc in service.processes.items() if name.startswith("ddp") and proc.poll() is None)
+
+
 def _kinds(client: httpx.Client, job_id: str) -> list[str]:
     return [e["kind"] for e in client.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]]
 
@@ -147,7 +152,7 @@ def test_two_processes_train_to_the_weights_of_one(ddp, two_devices):
 
 def test_sigkill_mid_epoch_resumes_on_two_devices_to_identical_weights(ddp, two_devices):
     service, client, dataset_id = ddp
-    worker = service.processes["ddp0"]
+    worker = service.processes[_live_worker(service)]
     job_id = _submit(client, dataset_id, gpus=2)
     running = wait_for_step(client, job_id, STEPS_PER_EPOCH + 15)
     assert running["epoch"] == 1 and running["step"] < 2 * STEPS_PER_EPOCH  # mid-epoch, after the epoch-0 checkpoint
@@ -157,7 +162,7 @@ def test_sigkill_mid_epoch_resumes_on_two_devices_to_identical_weights(ddp, two_
     worker.wait()
     gone, alive = psutil.wait_procs(ranks, timeout=10)
     assert not alive, "the second rank must die with its worker"
-    service.start_worker("ddp1", gpus=2)
+    service.start_worker("ddp-after-sigkill", gpus=2)
 
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
@@ -173,6 +178,27 @@ def test_sigkill_mid_epoch_resumes_on_two_devices_to_identical_weights(ddp, two_
     for name, tensor in uninterrupted.items():
         assert resumed[name].equal(tensor), name
     assert client.get(f"/jobs/{job_id}/report").json() == client.get(f"/jobs/{two_devices['id']}/report").json()
+
+
+def test_sigterm_hands_a_two_device_job_back_and_it_resumes_exactly(ddp, two_devices):
+    service, client, dataset_id = ddp
+    name = _live_worker(service)
+    job_id = _submit(client, dataset_id, gpus=2)
+    wait_for_step(client, job_id, 20)
+    service.processes[name].send_signal(signal.SIGTERM)
+    assert service.processes[name].wait(timeout=60) == 0
+    handed_back = client.get(f"/jobs/{job_id}").json()
+    assert handed_back["status"] == "queued"
+    assert "handed_back" in _kinds(client, job_id)
+    last = client.get(f"/jobs/{job_id}/checkpoints").json()[-1]
+    assert last["kind"] == "handoff" and last["step"] == handed_back["step"]
+
+    service.start_worker("ddp-after-sigterm", gpus=2)
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert _steps(client, job_id, "train_loss") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    for name, tensor in _weights(service, two_devices).items():
+        assert _weights(service, job)[name].equal(tensor), name
 
 
 def test_a_batch_must_split_across_the_devices_and_a_two_device_job_cancels(ddp):

@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 
 IGNORED = -100  # cross-entropy's ignore_index: the label of a stand-in row that must not count
 GO, STOP_EARLY = 0, 1  # rank 0's word at a step boundary
-# How long a rank waits in a collective: for rank 0's evaluations, checkpoints and start-up (base model, baselines).
-TIMEOUT = timedelta(minutes=30)
+TIMEOUT = timedelta(minutes=30)  # how long a rank waits in a collective (for rank 0's evaluations and checkpoints)
+SETUP_TIMEOUT = timedelta(days=1)  # how long the other ranks wait for rank 0's setup (baselines, resume): they die
+# with rank 0 in any case
 JOIN_SECONDS = 60  # how long rank 0 waits for the others to exit after the last step
 
 
@@ -198,6 +199,7 @@ class Ranks:
         """Join the other ranks (once each has built its run), give them this run's state, and wrap the model:
         the hooks fit() takes on rank 0."""
         self._wait_until_built()
+        self.store.set("leading", "1")
         dist.init_process_group(self.backend, store=self.store, rank=0, world_size=self.world, timeout=TIMEOUT)
         state = [run.optimizer.state_dict(), run.scheduler.state_dict(), asdict(run.state)]
         dist.broadcast_object_list(state, src=0, device=self._collective_device())
@@ -245,7 +247,7 @@ class Ranks:
 @contextlib.contextmanager
 def ranks_for(world: int, device: torch.device, recipe: RunRecipe) -> Iterator[Ranks | None]:
     """The other ranks of a `world`-device job, spawned now so they build their runs while rank 0 builds its own;
-    None for one device. On CPU the cores are shared out among the ranks for the run."""
+    None for one device. The cores are shared out among the ranks for the run."""
     if world == 1:
         yield None
         return
@@ -255,7 +257,7 @@ def ranks_for(world: int, device: torch.device, recipe: RunRecipe) -> Iterator[R
             "start it with --gpus no higher than its GPUs"
         )
     threads = torch.get_num_threads()
-    share = max(1, threads // world) if device.type == "cpu" else threads
+    share = max(1, threads // world)
     torch.set_num_threads(share)
     ranks = Ranks(world, device, recipe, share)
     completed = False
@@ -282,6 +284,7 @@ def _follow(index: int, world: int, port: int, kind: str, recipe: RunRecipe, thr
     del recipe, r
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=TIMEOUT)
     store.set(f"built/{rank}", "1")
+    store.wait(["leading"], SETUP_TIMEOUT)
     dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=store, rank=rank, world_size=world,
                             timeout=TIMEOUT)  # fmt: skip
     try:

@@ -184,14 +184,17 @@ def test_sigterm_hands_a_two_device_job_back_and_it_resumes_exactly(ddp, two_dev
     service, client, dataset_id = ddp
     name = _live_worker(service)
     job_id = _submit(client, dataset_id, gpus=2)
-    wait_for_step(client, job_id, 20)
+    wait_for_step(client, job_id, 5)
     service.processes[name].send_signal(signal.SIGTERM)
     assert service.processes[name].wait(timeout=60) == 0
     handed_back = client.get(f"/jobs/{job_id}").json()
     assert handed_back["status"] == "queued"
     assert "handed_back" in _kinds(client, job_id)
+    # the state handed back is checkpointed: by a hand-off checkpoint, or by an evaluation at that very step (the job
+    # row lags the loop by up to a second of steps, so the signal may land at the end of the epoch)
     last = client.get(f"/jobs/{job_id}/checkpoints").json()[-1]
-    assert last["kind"] == "handoff" and last["step"] == handed_back["step"]
+    assert last["step"] == handed_back["step"] < 2 * STEPS_PER_EPOCH
+    assert last["kind"] == "handoff" or handed_back["step"] == STEPS_PER_EPOCH
 
     service.start_worker("ddp-after-sigterm", gpus=2)
     job = wait_for_job(client, job_id)

@@ -193,7 +193,6 @@ class Ranks:
         self.store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
         args = (world, self.store.port, device.type, recipe, threads, os.getpid())
         self.spawned = mp.start_processes(_follow, args, nprocs=world - 1, join=False, daemon=True)
-        self.parallel: DataParallel | None = None
 
     def lead(self, run: Run, hooks: RunHooks) -> RunHooks:
         """Join the other ranks (once each has built its run), give them this run's state, and wrap the model:
@@ -203,9 +202,9 @@ class Ranks:
         dist.init_process_group(self.backend, store=self.store, rank=0, world_size=self.world, timeout=TIMEOUT)
         state = [run.optimizer.state_dict(), run.scheduler.state_dict(), asdict(run.state)]
         dist.broadcast_object_list(state, src=0, device=self._collective_device())
-        self.parallel = run.parallel = DataParallel(0, self.world, run)
-        self.parallel.seed_step(run.state.step)
-        return LeaderHooks(hooks, self.parallel)
+        parallel = run.parallel = DataParallel(0, self.world, run)
+        parallel.seed_step(run.state.step)
+        return LeaderHooks(hooks, parallel)
 
     def finish(self, completed: bool) -> None:
         """After the last step the others exit by themselves; when rank 0 stopped otherwise they are ended."""
@@ -259,18 +258,21 @@ def ranks_for(world: int, device: torch.device, recipe: RunRecipe) -> Iterator[R
     threads = torch.get_num_threads()
     share = max(1, threads // world)
     torch.set_num_threads(share)
-    ranks = Ranks(world, device, recipe, share)
-    completed = False
     try:
-        yield ranks
-        completed = True
+        ranks = Ranks(world, device, recipe, share)
+        completed = False
+        try:
+            yield ranks
+            completed = True
+        finally:
+            ranks.finish(completed)
     finally:
-        ranks.finish(completed)
         torch.set_num_threads(threads)
 
 
 def _follow(index: int, world: int, port: int, kind: str, recipe: RunRecipe, threads: int, parent: int) -> None:
-    """A spawned rank (1..world-1): build the run, take rank 0's state, train its shares until rank 0 says stop."""
+    """A spawned rank (1..world-1): build the run, take rank 0's state, train its shares to the last step or rank 0's
+    word to stop early (rank 0 ends it when the run stops otherwise)."""
     _die_with(parent)
     rank = index + 1
     torch.set_num_threads(threads)

@@ -117,3 +117,19 @@ def test_a_job_stores_and_trains_with_its_tasks_defaults(client, task, upload, b
     assert job["status"] == "succeeded", job["error"]
     used = client.get(f"/jobs/{job['id']}/metrics", params={"name": "learning_rate"}).json()["items"]
     assert [m["value"] for m in used] == pytest.approx([rate])
+
+
+@pytest.mark.parametrize(
+    ("given", "devices", "batch", "why"),
+    [
+        ({}, 4, 16, None),
+        ({}, 3, 18, "rounded up to a multiple of resources.gpus 3"),
+        ({"gradient_accumulation_steps": 3}, 2, 18, "multiple of gradient_accumulation_steps 3 x resources.gpus 2"),
+        ({"gradient_accumulation_steps": 4}, 3, 24, "(16), rounded up"),
+    ],
+)
+def test_a_batch_left_out_splits_across_the_devices_too(given, devices, batch, why):
+    """On several devices the batch stays global: each device trains batch / devices, in the micro-batches."""
+    filled = apply_defaults(Hyperparameters.model_validate(given), TEXT, train_rows=1000, devices=devices)
+    assert filled.batch_size == batch and batch % (filled.gradient_accumulation_steps * devices) == 0
+    assert why is None or why in filled.auto["batch_size"]

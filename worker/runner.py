@@ -34,6 +34,7 @@ from worker.reports import evaluation_report, example_references
 from worker.sweep_trials import after_trial, open_trial
 from worker.training.adapters import save_merged, trainable_summary
 from worker.training.checkpoint import load_weights
+from worker.training.distributed import RunRecipe, ranks_for
 from worker.training.loop import Run, fit
 from worker.training.probe import baselines_and_head_start
 from worker.verdict import compare_with_baselines, describe_baselines, model_metrics, verdict_on_baselines
@@ -126,7 +127,8 @@ def run_job(job_id: str, attempt: int, settings: Settings, db: Database, store: 
 
 
 def train(ctx: JobContext, hooks: DbHooks) -> None:
-    """The job's run from its spec to a registered model."""
+    """The job's run from its spec to a registered model (on `gpus` devices: this process is rank 0, see
+    worker/training/distributed.py)."""
     from worker.training.setup import build_run
 
     spec = ctx.transact("job spec", lambda session: read_job_spec(session, ctx.settings, ctx.job_id))
@@ -134,27 +136,31 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
     base_path = spec.base_model.local_folder(ctx.store)
     records = read_dataset(ctx.store, spec.dataset_key)
     references = example_references(records, spec.dataset_id)
-    try:
-        budget = ctx.settings.job_memory_budget_mb * MB
-        run, notes = build_run(spec.task, base_path, spec.labels, records, hp, pick_device(), budget)
-    except (OSError, ValueError, KeyError) as exc:
-        raise JobFailed(
-            f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"
-        ) from exc
+    budget = ctx.settings.job_memory_budget_mb * MB
+    recipe = RunRecipe(spec.task, base_path, spec.labels, records, hp, budget)
     del records
-    run.oom_at_step = ctx.settings.test_oom_at_step
-    hooks.event("precision", f"training in {run.precision.reason}")
-    if hp.precision == "auto" or run.precision.name != hp.precision:
-        hooks.record_auto("precision", run.precision.reason)
-    baselines = baselines_and_head_start(run)
-    for note in [*notes, *baselines.notes]:
-        hooks.event("note", note)
-    hooks.event("baselines", describe_baselines(baselines))
-    hooks.set_progress(total_steps=run.total_steps)
-    if resume_latest(ctx, run, hooks.event):
-        hooks.set_progress(step=run.state.step, epoch=run.state.epoch)
-    hooks.flush()
-    state = fit(run, hooks)
+    device = pick_device()
+    with ranks_for(spec.gpus, device, recipe) as ranks:
+        try:
+            run, notes = build_run(spec.task, base_path, spec.labels, recipe.records, hp, device, budget)
+        except (OSError, ValueError, KeyError) as exc:
+            raise JobFailed(
+                f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"
+            ) from exc
+        del recipe
+        run.oom_at_step = ctx.settings.test_oom_at_step
+        hooks.event("precision", f"training in {run.precision.reason}")
+        if hp.precision == "auto" or run.precision.name != hp.precision:
+            hooks.record_auto("precision", run.precision.reason)
+        baselines = baselines_and_head_start(run)
+        for note in [*notes, *baselines.notes]:
+            hooks.event("note", note)
+        hooks.event("baselines", describe_baselines(baselines))
+        hooks.set_progress(total_steps=run.total_steps)
+        if resume_latest(ctx, run, hooks.event):
+            hooks.set_progress(step=run.state.step, epoch=run.state.epoch)
+        hooks.flush()
+        state = fit(run, ranks.lead(run, hooks) if ranks else hooks)
     hooks.flush()
     if state.stopped_early and hp.early_stopping is not None:
         hooks.event(

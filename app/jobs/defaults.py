@@ -73,13 +73,17 @@ def auto_epochs(task: TaskType, train_rows: int, batch_size: int) -> tuple[int, 
     return epochs, reason
 
 
-def auto_batch_size(task: TaskType, micro_batches: int) -> tuple[int, str]:
-    """The task's batch, rounded up to a multiple of the gradient-accumulation micro-batches, and the reason."""
+def auto_batch_size(task: TaskType, micro_batches: int, devices: int = 1) -> tuple[int, str]:
+    """The task's batch, rounded up so that it splits evenly across the devices and each device's share into the
+    gradient-accumulation micro-batches, and the reason."""
     default = TASK_DEFAULTS[task]["batch_size"]
-    batch = math.ceil(default / micro_batches) * micro_batches
+    unit = micro_batches * devices
+    batch = math.ceil(default / unit) * unit
     reason = f"{batch}: the default for {task.value.replace('_', ' ')}"
     if batch != default:
-        reason += f" ({default}), rounded up to a multiple of gradient_accumulation_steps {micro_batches}"
+        parts = [f"gradient_accumulation_steps {micro_batches}"] if micro_batches > 1 else []
+        parts += [f"resources.gpus {devices}"] if devices > 1 else []
+        reason += f" ({default}), rounded up to a multiple of {' x '.join(parts)}"
     return batch, reason
 
 
@@ -88,17 +92,17 @@ def auto_strategy(train_rows: int) -> tuple[str, str]:
 
 
 def apply_defaults(
-    hp: Hyperparameters, task: TaskType | str, train_rows: int, family: str | None = None
+    hp: Hyperparameters, task: TaskType | str, train_rows: int, family: str | None = None, devices: int = 1
 ) -> Hyperparameters:
-    """A copy with every left-out or "auto" field decided for this task, model family and training split
-    (idempotent: the worker applies it again)."""
+    """A copy with every left-out or "auto" field decided for this task, model family, training split and number of
+    devices (idempotent: the worker applies it again)."""
     task = TaskType(task)
     defaults = TASK_DEFAULTS[task]
     filled: dict[str, Any] = {"lr_scheduler": hp.lr_scheduler or defaults["lr_scheduler"]}
     auto = dict(hp.auto)
     batch_size = hp.batch_size
     if batch_size is None:
-        batch_size, auto["batch_size"] = auto_batch_size(task, hp.gradient_accumulation_steps)
+        batch_size, auto["batch_size"] = auto_batch_size(task, hp.gradient_accumulation_steps, devices)
         filled["batch_size"] = batch_size
     if hp.learning_rate is None:
         family = family if family in LEARNING_RATES else defaults["family"]

@@ -214,7 +214,11 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpus: int = Field(1, ge=1, le=64, description="devices of one worker (on a CPU worker: 1, the worker itself)")
+    gpus: int = Field(
+        1, ge=1, le=64,
+        description="devices of one worker; more than 1 trains data-parallel across them, batch_size staying the "
+        "global batch (a CPU worker counts as 1 device unless started with --gpus N: then N processes)",
+    )  # fmt: skip
     pool: str = Field(DEFAULT_POOL, pattern=POOL_PATTERN, description="the pool whose workers may run it")
 
 
@@ -228,6 +232,20 @@ class JobCreate(BaseModel):
         "normal", description="orders your team's own queued jobs; teams share the fleet by fair share (README)"
     )
     resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _batch_splits_across_devices(self) -> JobCreate:
+        """On several devices batch_size stays the global batch: each device trains batch_size / gpus of it."""
+        hp, gpus = self.hyperparameters, self.resources.gpus
+        unit = gpus * hp.gradient_accumulation_steps
+        if gpus > 1 and hp.batch_size is not None and hp.batch_size % unit:
+            each = f" and each share into gradient_accumulation_steps {hp.gradient_accumulation_steps}"
+            raise ValueError(
+                f"hyperparameters.batch_size {hp.batch_size} is the global batch and must split evenly across "
+                f"resources.gpus {gpus} devices{each if hp.gradient_accumulation_steps > 1 else ''}; use a "
+                f"batch_size that is a multiple of {unit}, or leave it out"
+            )
+        return self
 
 
 class JobRead(BaseModel):

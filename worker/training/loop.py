@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from worker.training.evaluation import summary_metrics
 from worker.training.loss import normalizer, summed_loss
 from worker.training.precision import FP32, Precision, autocast
 from worker.training.state import FitState
+
+if TYPE_CHECKING:
+    from worker.training.distributed import DataParallel
 
 MINIMIZED = {"val_loss"}
 DEFAULT_METRIC = "val_accuracy"  # which checkpoint is best when early stopping is off
@@ -64,6 +68,7 @@ class Run:
     precision: Precision = FP32  # chosen for `device` by build_run (worker/training/precision.py)
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling; checkpointed with the run
     oom_at_step: int | None = None  # test only (FINETUNE_TEST_OOM_AT_STEP): a CUDA out-of-memory error at this step
+    parallel: DataParallel | None = None  # this rank's part when the job trains on several devices
 
     @property
     def batch_size(self) -> int:
@@ -89,18 +94,21 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
     while s.step < run.total_steps and not s.stopped_early:
         order = epoch_order(len(run.splits["train"]), hp.seed, s.epoch)
         augment = epoch_augmentation(hp.augmentation, run.prep.image_size, hp.seed, s.epoch)
-        for inputs, labels in batches(
+        source = run.parallel.batches if run.parallel else batches  # a rank trains its share of each batch
+        for inputs, labels in source(
             run.splits["train"], run.spec, run.processor, run.prep, run.batch_size, order, s.batch_in_epoch, augment
         ):
             started = time.perf_counter()
-            loss = train_step(run, inputs, labels, hooks)
+            loss, rows = train_step(run, inputs, labels, hooks), len(labels)
+            if run.parallel:
+                loss, rows = run.parallel.whole_batch(loss, labels)
             s.step += 1
             s.batch_in_epoch += 1
             if s.batch_in_epoch == run.steps_per_epoch:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-            rate = len(labels) / max(time.perf_counter() - started, 1e-9)
+            rate = rows / max(time.perf_counter() - started, 1e-9)
             hooks.log_step(s.step, epoch_progress(run), loss, run.scheduler.get_last_lr()[0], rate)
-            if evaluation_due(run):
+            if evaluation_due(run) and (run.parallel is None or run.parallel.leads):
                 evaluate_and_checkpoint(run, hooks)
             hooks.at_step_boundary(run)
             if s.stopped_early or s.step >= run.total_steps:
@@ -141,11 +149,14 @@ def accumulate_gradients(run: Run, inputs: dict[str, torch.Tensor], labels: torc
     """Fresh gradients of the whole batch, summed over its micro-batches; returns the batch's loss."""
     run.optimizer.zero_grad(set_to_none=True)
     weights, smoothing = run.class_weights, run.hp.label_smoothing
-    total = normalizer(labels, weights)
+    total = run.parallel.normalizer(labels, weights) if run.parallel else normalizer(labels, weights)
+    model = run.parallel.module if run.parallel else run.model  # DDP averages gradients across ranks
     batch_loss = 0.0
-    for part, part_labels in micro_batches(inputs, labels, run.micro_batches):
-        with autocast(run.device, run.precision):
-            logits = run.model(**part).logits
+    parts = micro_batches(inputs, labels, run.micro_batches)
+    for i, (part, part_labels) in enumerate(parts):
+        last = i == len(parts) - 1
+        with autocast(run.device, run.precision), run.parallel.sync(last) if run.parallel else nullcontext():
+            logits = model(**part).logits
         loss = summed_loss(logits, part_labels, weights, smoothing) / total
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         batch_loss += loss.item()

@@ -160,6 +160,9 @@ class LeaderHooks:
     def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None:
         self.hooks.save_checkpoint(run, metric_name, value, is_best)
 
+    def event(self, kind: str, message: str) -> None:
+        self.hooks.event(kind, message)
+
     def at_step_boundary(self, run: Run) -> None:
         self.hooks.at_step_boundary(run)  # may raise: then ranks_for ends the other ranks
         self.parallel.step_boundary(run, STOP_EARLY if run.state.stopped_early else GO)
@@ -178,6 +181,9 @@ class FollowerHooks:
         pass
 
     def save_checkpoint(self, run: Run, metric_name: str | None, value: float | None, is_best: bool) -> None:
+        pass
+
+    def event(self, kind: str, message: str) -> None:
         pass
 
     def at_step_boundary(self, run: Run) -> None:

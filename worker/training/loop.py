@@ -173,6 +173,12 @@ def halve_micro_batch(run: Run) -> str:
     run.optimizer.zero_grad(set_to_none=True)
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
+    if run.parallel is not None:  # the ranks would have to agree on the halving; until they do, say what to change
+        raise JobFailed(
+            f"CUDA out of memory at step {step} on one of the job's {run.parallel.world} devices (micro-batches of "
+            f"{before} examples): set hyperparameters.gradient_accumulation_steps to "
+            f"{run.micro_batches * 2} or more, or use a smaller batch_size, max_length or image_size"
+        )
     if before <= 1:
         raise JobFailed(
             f"CUDA out of memory at step {step} with a micro-batch of one example: this model does not fit the "

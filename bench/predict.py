@@ -471,7 +471,9 @@ def move_aliases(service_url: str, key: str, model_id: str, runtimes: list[str])
                 continue
             log(f"moving alias bench-{runtime} to {model_id} on {runtime} (converts the model once) ...")
             body = {"model_id": model_id, "runtime": runtime, "force": True}
-            client.put(f"/aliases/bench-{runtime}", json=body).raise_for_status()
+            moved = client.put(f"/aliases/bench-{runtime}", json=body)
+            if moved.status_code != 200:
+                raise RuntimeError(f"alias bench-{runtime} was not moved: {moved.status_code} {moved.text}")
         return client.get(f"/models/{model_id}").json().get("runtimes") or {}
 
 

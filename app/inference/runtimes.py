@@ -51,9 +51,14 @@ def require_packages(runtime: str, exporting: bool = False) -> None:
 
 
 def linear_share(model: torch.nn.Module) -> float:
-    """The share of the model's weights held by nn.Linear layers (what dynamic int8 quantization converts)."""
-    total = sum(p.numel() for p in model.parameters())
-    linear = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(False))
+    """The share of the weights of the model's matrix-multiplying layers (nn.Linear and convolutions) held by
+    nn.Linear, what dynamic int8 quantization converts. Embedding tables are left out: looked up, not multiplied."""
+
+    def weights(kind: type | tuple[type, ...]) -> int:
+        return sum(p.numel() for m in model.modules() if isinstance(m, kind) for p in m.parameters(recurse=False))
+
+    linear = weights(torch.nn.Linear)
+    total = linear + weights((torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
     return linear / total if total else 0.0
 
 
@@ -65,7 +70,7 @@ def check_supported(runtime: str, model: torch.nn.Module, model_id: str) -> None
     if share < MIN_LINEAR_SHARE:
         family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise InvalidInput(
-            f"runtime 'int8' quantizes nn.Linear layers only, and they hold {share:.0%} of the weights of model "
+            f"runtime 'int8' quantizes nn.Linear layers only, and they hold {share:.0%} of the layer weights of model "
             f"'{model_id}' ({family}, mostly convolutions): int8 supports Linear-heavy models (transformers) only. "
             "Serve this model with runtime 'torch' or 'onnx'.",
             title="Runtime not supported for this model",

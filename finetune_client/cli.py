@@ -406,16 +406,20 @@ def aliases_set(
     name: str = typer.Argument(..., help="the alias, e.g. production (what /predict uses by default)"),
     model_id: str = typer.Argument(..., help="the model it should route to"),
     force: bool = typer.Option(False, "--force", help="even to a model flagged below_baseline"),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch (as trained), onnx (ONNX Runtime) or int8 (quantized Linear layers)"
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Point an alias at a model (says which model it replaces)."""
     with connect() as client:
         before = {a.name: a.model_id for a in client.aliases.list()}.get(name)
-        alias = client.aliases.set(name, model_id, force=force)
+        alias = client.aliases.set(name, model_id, force=force, runtime=runtime)
     if as_json:
         return display.print_json(alias)
     replaced = f" (was {before})" if before and before != alias.model_id else ""
-    typer.echo(f"alias {alias.name} -> {alias.model_id}{replaced}")
+    on = f" on {alias.runtime}" if alias.runtime != "torch" else ""
+    typer.echo(f"alias {alias.name} -> {alias.model_id}{on}{replaced}")
 
 
 @aliases.command("list")
@@ -425,9 +429,9 @@ def aliases_list(as_json: bool = JSON) -> None:
         items = client.aliases.list()
     if as_json:
         return display.print_json(items)
-    out = display.table("ALIAS", "MODEL", "UPDATED")
+    out = display.table("ALIAS", "MODEL", "RUNTIME", "UPDATED")
     for a in items:
-        out.add_row(a.name, a.model_id, f"{display.age(a.updated_at)} ago")
+        out.add_row(a.name, a.model_id, a.runtime, f"{display.age(a.updated_at)} ago")
     display.console().print(out)
 
 

@@ -168,6 +168,7 @@ class Model(ApiModel):
     labels: list[str] = []
     metrics: dict[str, Any] = {}  # test_accuracy, test_macro_f1, best_step, baselines' accuracies
     below_baseline: bool = False
+    runtimes: dict[str, Any] = {}  # runtime -> its conversion: test_accuracy beside torch_test_accuracy, ...
     created_at: datetime | None = None
 
 
@@ -181,6 +182,7 @@ class Alias(ApiModel):
     model_id: str  # the model taking the most traffic
     routes: list[Route] = []  # the split by weight ([model_id at 100] without one)
     shadow_model_id: str | None = None
+    runtime: str = "torch"  # how its models run: torch, onnx or int8
     updated_at: datetime | None = None
 
 
@@ -232,6 +234,7 @@ class Prediction(ApiModel):
 
 class PredictResult(ApiModel):
     model_id: str
+    runtime: str = "torch"  # how the model ran (the alias's runtime)
     predictions: list[list[Prediction]]  # one top-k list per input, best first
     temperature: float | None = None  # the temperature that scaled the logits (calibrated requests)
 

@@ -189,7 +189,10 @@ def test_a_shadow_answers_a_copy_that_is_counted_never_returned(client, models):
     for texts in bodies:
         served = client.post("/predict", json={"model": "rollout-shadow", "texts": texts})
         assert served.status_code == 200, served.text
-        assert set(served.json()) == {"model_id", "predictions", "temperature"} and served.json()["model_id"] == a
+        assert (
+            set(served.json()) == {"model_id", "runtime", "predictions", "temperature"}
+            and served.json()["model_id"] == a
+        )
         assert served.json()["temperature"] is None  # raw scores: nothing of the shadow in the answer
         alone = client.post("/predict", json={"model": b, "texts": texts}).json()  # what the shadow answers
         tops = zip(served.json()["predictions"], alone["predictions"], strict=True)

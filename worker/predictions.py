@@ -12,13 +12,11 @@ import csv
 import json
 import logging
 import tempfile
-import zipfile
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from app.artifacts.layout import IMAGES, RECORDS
+from app.artifacts.layout import record_batches
 from app.artifacts.store import ArtifactStore
 from app.config import Settings
 from app.db import Database
@@ -84,7 +82,9 @@ def score(claimed: Claimed, settings: Settings, store: ArtifactStore, report: An
         csv_file = files.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
         jsonl_file = files.enter_context(open(jsonl_path, "w", encoding="utf-8"))
         writer = ResultWriter(csv_file, jsonl_file, claimed.top_k)
-        for batch in batches(store, claimed.dataset_storage_key, claimed.split, settings.batch_predict_batch_size):
+        for batch in record_batches(
+            store, claimed.dataset_storage_key, claimed.split, settings.batch_predict_batch_size
+        ):
             writer.write(batch, top_k(loaded, batch, claimed.top_k))
             done += len(batch)
             report(done)
@@ -92,32 +92,6 @@ def score(claimed: Claimed, settings: Settings, store: ArtifactStore, report: An
         store.put_file(csv_path, f"{claimed.storage_key}/results.csv")
         store.put_file(jsonl_path, f"{claimed.storage_key}/results.jsonl")
     return done
-
-
-def batches(store: ArtifactStore, dataset_key: str, split: str | None, size: int) -> Iterator[list[dict[str, Any]]]:
-    """The dataset's rows (of `split`, or all) in stored order, `size` at a time, each with its row number; image
-    rows carry their bytes under "image" and their entry name under "image_entry", read one batch at a time."""
-    # split("\n"), not splitlines(): a text may hold U+2028 and friends, which JSON leaves unescaped.
-    lines = store.get_bytes(f"{dataset_key}/{RECORDS}").decode().split("\n")
-    rows = (dict(json.loads(line), row=n) for n, line in enumerate(line for line in lines if line))
-    with ExitStack() as stack:
-        archive: zipfile.ZipFile | None = None
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            if split is not None and row["split"] != split:
-                continue
-            if "image" in row:
-                if archive is None:
-                    raw = stack.enter_context(store.fs.open(store.path(f"{dataset_key}/{IMAGES}"), "rb"))
-                    archive = stack.enter_context(zipfile.ZipFile(raw))
-                row["image_entry"] = row["image"]
-                row["image"] = archive.read(row["image"])
-            batch.append(row)
-            if len(batch) == size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
 
 
 def top_k(loaded: LoadedModel, batch: list[dict[str, Any]], k: int) -> list[list[tuple[str, float]]]:

@@ -4,6 +4,7 @@ datasets/<dataset_id>/records.jsonl        split, label, text or image entry nam
 datasets/<dataset_id>/images.zip           image datasets: the images, stored uncompressed
 jobs/<job_id>/checkpoints/step-<NNNNNNNN>/ one folder per checkpoint (see worker/training/checkpoint.py)
 models/<model_id>/                         a fine-tuned model in Hugging Face format plus finetune.json
+models/<model_id>/runtimes/<runtime>/      the model converted for a faster runtime (model.onnx, runtime.json)
 predictions/<run_id>/results.{csv,jsonl}   a batch prediction run's results (see worker/predictions.py)
 predictions/<run_id>/input/records.jsonl   the texts of a run that scores an uploaded file, stored as a dataset's
 """
@@ -15,6 +16,8 @@ import json
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,11 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 def model_key(model_id: str) -> str:
     return f"models/{model_id}"
+
+
+def runtime_key(model_id: str, runtime: str) -> str:
+    """A model's files for a serving runtime other than torch (app/inference/conversion.py)."""
+    return f"{model_key(model_id)}/runtimes/{runtime}"
 
 
 def prediction_key(run_id: str) -> str:
@@ -94,3 +102,31 @@ def read_dataset(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
                 r["image_entry"] = r["image"]
                 r["image"] = zf.read(r["image"])
     return records
+
+
+def record_batches(
+    store: ArtifactStore, dataset_key: str, split: str | None, size: int
+) -> Iterator[list[dict[str, Any]]]:
+    """The dataset's rows (of `split`, or all) in stored order, `size` at a time, each with its row number; image
+    rows carry their bytes under "image" and their entry name under "image_entry", read one batch at a time."""
+    # split("\n"), not splitlines(): a text may hold U+2028 and friends, which JSON leaves unescaped.
+    lines = store.get_bytes(f"{dataset_key}/{RECORDS}").decode().split("\n")
+    rows = (dict(json.loads(line), row=n) for n, line in enumerate(line for line in lines if line))
+    with ExitStack() as stack:
+        archive: zipfile.ZipFile | None = None
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            if split is not None and row["split"] != split:
+                continue
+            if "image" in row:
+                if archive is None:
+                    raw = stack.enter_context(store.fs.open(store.path(f"{dataset_key}/{IMAGES}"), "rb"))
+                    archive = stack.enter_context(zipfile.ZipFile(raw))
+                row["image_entry"] = row["image"]
+                row["image"] = archive.read(row["image"])
+            batch.append(row)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

@@ -19,6 +19,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, PreparingCounter
+from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
 from app.tasktypes.calibration import load_temperature
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec, task_spec
@@ -37,17 +38,29 @@ def default_forward_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def served_key(model_id: str, runtime: str = TORCH) -> str:
+    """The cache's key of a model in a runtime: the same model served by two aliases in two runtimes is two entries."""
+    return model_id if runtime == TORCH else f"{model_id}@{runtime}"
+
+
 @dataclass
 class LoadedModel:
     model_id: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None when another runtime (onnx) holds the weights
     processor: Any
     prep: Preprocessing
     spec: TaskSpec
     temperature: float | None = None  # fitted on the validation split (calibration.json); None: the model has none
     batcher: Batcher | None = None
+    runtime: str = TORCH
+    run: Forward | None = None  # a collated batch -> logits (default: the torch model's forward)
     # a fast tokenizer is not safe to call from two threads at once (its padding settings are shared state)
     _tokenizing: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            assert self.model is not None, "a model without torch weights needs its runtime's forward"
+            self.run = torch_forward(self.model)
 
     @property
     def reads_text(self) -> bool:
@@ -67,10 +80,12 @@ class LoadedModel:
         """Float logits for a batch of encoded inputs (texts pad to the batch's longest); the batcher scores them.
 
         Batcher workers call this concurrently: inference on shared read-only weights needs no lock."""
-        batch = self._tokenize(encoded) if self.reads_text else self.spec.collate(self.processor, self.prep, encoded)
-        with torch.inference_mode():
-            logits = self.model(**batch).logits
-        return logits.float()
+        assert self.run is not None
+        return self.run(self.collate(encoded)).float()
+
+    def collate(self, encoded: Any) -> dict[str, torch.Tensor]:
+        """The model's input tensors for a batch of encoded inputs (what every runtime reads)."""
+        return self._tokenize(encoded) if self.reads_text else self.spec.collate(self.processor, self.prep, encoded)
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """A whole merged batch in one call of the (fast, Rust) tokenizer, padded to its longest text."""
@@ -92,13 +107,23 @@ class LoadedModel:
             self.forward(samples)
 
 
-def load_served_model(model_id: str, folder: Path) -> LoadedModel:
-    """A fine-tuned model folder ready for inference (eval mode)."""
+def load_served_model(
+    model_id: str, folder: Path, runtime: str = TORCH, runtime_folder: Path | None = None, threads: int | None = None
+) -> LoadedModel:
+    """A fine-tuned model folder ready for inference (eval mode) in `runtime`: torch as trained, int8 quantized now,
+    onnx from the exported graph in `runtime_folder` on `threads` ONNX Runtime threads (app/inference/runtimes.py)."""
     prep = Preprocessing.load(folder)
     task = TaskType(prep.task)
     spec = task_spec(task)
+    processor, temperature = spec.load_processor(folder), load_temperature(folder)
+    if runtime == ONNX:
+        assert runtime_folder is not None, "an onnx model loads from its exported graph"
+        run = onnx_forward(runtime_folder / ONNX_FILE, threads or default_forward_threads())
+        return LoadedModel(model_id, None, processor, prep, spec, temperature, runtime=runtime, run=run)
     model = AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval()
-    return LoadedModel(model_id, model, spec.load_processor(folder), prep, spec, load_temperature(folder))
+    if runtime == INT8:
+        model = quantize_int8(model)
+    return LoadedModel(model_id, model, processor, prep, spec, temperature, runtime=runtime)
 
 
 class ModelCache:
@@ -125,18 +150,28 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, model_id: str, folder_for: Any, team_id: str = "") -> LoadedModel:
-        """The loaded model `model_id` (one of team `team_id`'s), loading it from `folder_for()` on first use."""
+    def get(
+        self,
+        model_id: str,
+        folder_for: Any,
+        team_id: str = "",
+        runtime: str = TORCH,
+        runtime_folder_for: Callable[[], Path] | None = None,
+    ) -> LoadedModel:
+        """The loaded model `model_id` (one of team `team_id`'s) in `runtime`, loading it from `folder_for()` (and
+        the runtime's files from `runtime_folder_for()`) on first use."""
+        key = served_key(model_id, runtime)
         with self._lock:
-            if model_id in self._models:
-                self._models.move_to_end(model_id)
-                return self._models[model_id]
-            loading = self._loading.setdefault(model_id, threading.Lock())
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
         with loading:
             with self._lock:
-                if model_id in self._models:
-                    return self._models[model_id]
-            loaded = load_served_model(model_id, folder_for())
+                if key in self._models:
+                    return self._models[key]
+            runtime_folder = runtime_folder_for() if runtime_folder_for is not None else None
+            loaded = load_served_model(model_id, folder_for(), runtime, runtime_folder, self.threads)
             loaded.batcher = Batcher(
                 loaded.forward,
                 max_batch=self.max_batch,
@@ -144,17 +179,18 @@ class ModelCache:
                 others_preparing=self.preparing.busy,
                 workers=self.workers,
                 threads=self.threads,
-                name=f"batcher-{model_id[:8]}",
+                name=f"batcher-{model_id[:8]}-{runtime}",
             )
             with self._lock:
-                self._models[model_id] = loaded
-                self._owner[model_id] = team_id
+                self._models[key] = loaded
+                self._owner[key] = team_id
                 while len(self._models) > self.size:
-                    evicted = self._models.pop(self._victim(team_id, model_id))
-                    self._owner.pop(evicted.model_id, None)
+                    victim = self._victim(team_id, key)
+                    evicted = self._models.pop(victim)
+                    self._owner.pop(victim, None)
                     if evicted.batcher is not None:
                         evicted.batcher.close()
-                self._loading.pop(model_id, None)
+                self._loading.pop(key, None)
             return loaded
 
     def _victim(self, requester: str, loading: str) -> str:
@@ -167,32 +203,43 @@ class ModelCache:
                 return own[0]  # least recently used first
         return next(m for m in self._models if held[self._owner[m]] == most and m != loading)
 
-    def peek(self, model_id: str) -> LoadedModel | None:
-        """The model if it is loaded (never loads: safe on the event loop)."""
+    def peek(self, model_id: str, runtime: str = TORCH) -> LoadedModel | None:
+        """The model if it is loaded in `runtime` (never loads: safe on the event loop)."""
+        key = served_key(model_id, runtime)
         with self._lock:
-            loaded = self._models.get(model_id)
+            loaded = self._models.get(key)
             if loaded is not None:
-                self._models.move_to_end(model_id)
+                self._models.move_to_end(key)
             return loaded
 
-    def warm(self, model_id: str, folder_for: Callable[[], Path], team_id: str = "") -> LoadedModel:
+    def warm(
+        self,
+        model_id: str,
+        folder_for: Callable[[], Path],
+        team_id: str = "",
+        runtime: str = TORCH,
+        runtime_folder_for: Callable[[], Path] | None = None,
+    ) -> LoadedModel:
         """Load the model if needed and run it once (blocking); raises whatever loading raised (a corrupt file)."""
-        loaded = self.get(model_id, folder_for, team_id)
+        loaded = self.get(model_id, folder_for, team_id, runtime, runtime_folder_for)
         loaded.warm()
         return loaded
 
     def loaded_ids(self) -> list[str]:
-        """Model ids in memory, least recently used first."""
+        """Keys of the models in memory (a model id, `id@runtime` for another runtime), least recently used first."""
         with self._lock:
             return list(self._models)
 
     def discard(self, model_id: str) -> None:
-        """Unload a deleted model now rather than when it would have aged out."""
+        """Unload a deleted model (in every runtime) now rather than when it would have aged out."""
         with self._lock:
-            loaded = self._models.pop(model_id, None)
-            self._owner.pop(model_id, None)
-        if loaded is not None and loaded.batcher is not None:
-            loaded.batcher.close()
+            keys = [k for k, loaded in self._models.items() if loaded.model_id == model_id]
+            gone = [self._models.pop(k) for k in keys]
+            for k in keys:
+                self._owner.pop(k, None)
+        for loaded in gone:
+            if loaded.batcher is not None:
+                loaded.batcher.close()
 
     def close(self) -> None:
         """Stop every batcher thread once its pending requests are served (app shutdown)."""

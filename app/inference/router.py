@@ -61,6 +61,7 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model_id: str
+    runtime: str = Field(description="how the model ran: torch, onnx or int8 (the alias's runtime)")
     predictions: list[list[Prediction]]
     temperature: float | None = Field(None, description="the temperature applied (calibrated requests only)")
 

@@ -7,16 +7,20 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.artifacts.layout import runtime_key
 from app.artifacts.store import ArtifactStore
 from app.errors import InvalidInput
 from app.image_files import ImageRefused, image_pixels, open_image
 from app.inference.batcher import BatchResult
 from app.inference.cache import LoadedModel, ModelCache
+from app.inference.runtimes import TORCH
 from app.inference.traffic import ROUTE, SHADOW, TrafficCounters
 from app.input_limits import InputLimits
 from app.registry.routes import Routes, ServedModel
@@ -65,9 +69,18 @@ class Serving:
         """This process sees a team's moved alias or deleted model now (the others within the ttl)."""
         self.routes.discard(lambda key: isinstance(key, tuple) and key[0] == team_id)
 
-    def warm(self, team_id: str, model: ServedModel | Any) -> LoadedModel:
-        """Load and warm a model before it takes traffic (blocking)."""
-        return self.cache.warm(model.id, lambda: self.store.local_dir(model.storage_key), team_id)
+    def warm(self, team_id: str, model: ServedModel) -> LoadedModel:
+        """Load and warm a model in its runtime before it takes traffic (blocking)."""
+        return self.cache.warm(model.id, self._files(model), team_id, model.runtime, self._runtime_files(model))
+
+    def _files(self, model: ServedModel) -> Callable[[], Path]:
+        return lambda: self.store.local_dir(model.storage_key)
+
+    def _runtime_files(self, model: ServedModel) -> Callable[[], Path] | None:
+        """The converted model's files (app/inference/conversion.py), for a runtime other than torch."""
+        if model.runtime == TORCH:
+            return None
+        return lambda: self.store.local_dir(runtime_key(model.id, model.runtime))
 
     def resolve(self, session: Session | None, team_id: str, ref: str | None) -> Routes:
         """The routes of a model reference: from memory, else (with a session) from the database."""
@@ -85,10 +98,10 @@ class Serving:
         ones are all loaded; then the previous keep serving and the new models load and warm in a background thread,
         their routes taking over once warm (how an alias moved through another API process swaps here)."""
         previous = self.routes.stale(key)
-        cold = [m for m in routes.models() if self.cache.peek(m.id) is None]
+        cold = [m for m in routes.models() if self.cache.peek(m.id, m.runtime) is None]
         if not cold or previous is None or previous == routes:
             return routes
-        if any(self.cache.peek(m.id) is None for m in previous.models()):
+        if any(self.cache.peek(m.id, m.runtime) is None for m in previous.models()):
             return routes
         with self._warming_lock:
             if key in self._warming:
@@ -109,11 +122,11 @@ class Serving:
                 self._warming.discard(key)
 
     def loaded(self, team_id: str, model: ServedModel, may_block: bool) -> LoadedModel:
-        loaded = self.cache.peek(model.id)
+        loaded = self.cache.peek(model.id, model.runtime)
         if loaded is None:
             if not may_block:
                 raise NeedsThread
-            loaded = self.cache.get(model.id, lambda: self.store.local_dir(model.storage_key), team_id)
+            loaded = self.cache.get(model.id, self._files(model), team_id, model.runtime, self._runtime_files(model))
         return loaded
 
 
@@ -174,7 +187,7 @@ async def shadow(serving: Serving, prepared: PreparedRequest, served: BatchResul
         return
     model, alias = routes.shadow, routes.alias
     try:
-        peeked = serving.cache.peek(model.id)
+        peeked = serving.cache.peek(model.id, model.runtime)
         if peeked is None or not peeked.reads_text:  # loading and image decoding block: a worker thread
             loaded, encoded = await asyncio.to_thread(_load_and_encode, serving, prepared.team_id, model, prepared)
         else:
@@ -211,14 +224,18 @@ def _load_and_encode(
 
 
 def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
-    """The response body: top-k labels with probabilities for each input, which model answered, and the
-    temperature that scaled its logits when calibrated scores were asked for."""
+    """The response body: top-k labels with probabilities for each input, which model answered and in which runtime,
+    and the temperature that scaled its logits when calibrated scores were asked for."""
     labels = prepared.loaded.prep.labels
     predictions = [
         [{"label": labels[i], "score": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
         for ps, ids in zip(result.scores, result.indices, strict=True)
     ]
-    body: dict[str, Any] = {"model_id": prepared.model_id, "predictions": predictions}
+    body: dict[str, Any] = {
+        "model_id": prepared.model_id,
+        "runtime": prepared.loaded.runtime,
+        "predictions": predictions,
+    }
     if prepared.temperature is not None:
         body["temperature"] = prepared.temperature
     return body

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Path, Request
 
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, StoreDep
 from app.errors import InvalidInput
+from app.inference.conversion import ensure_converted
 from app.inference.service import Serving
 from app.pagination import Page, Paging
 from app.registry import service
+from app.registry.routes import ServedModel
 from app.registry.schemas import AliasRead, AliasSet, AliasStats, ModelRead, ModelTraffic
 from app.registry.tables import RegisteredModel
 
@@ -48,12 +50,22 @@ AliasName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 @router.put("/aliases/{name}", response_model=AliasRead, dependencies=[NEEDS_TRAIN])
-def set_alias(name: AliasName, body: AliasSet, team: CurrentTeam, session: SessionDep, request: Request) -> AliasRead:
-    """Create or move an alias: to one model, or split by weight between models, with an optional shadow.
-    `require_improvement` gates the move on the test scores (409 when not better). The models are loaded and warmed
-    in this process before the alias moves: a model that fails to load is a 422 and the alias stays where it was."""
+def set_alias(
+    name: AliasName, body: AliasSet, team: CurrentTeam, session: SessionDep, store: StoreDep, request: Request
+) -> AliasRead:
+    """Create or move an alias: to one model, or split by weight between models, with an optional shadow, in a
+    runtime (torch, onnx, int8). `require_improvement` gates the move on the test scores (409 when not better). The
+    models are converted for the runtime (the first time), loaded and warmed in this process before the alias moves:
+    a model that fails to convert or load is a 422 and the alias stays where it was."""
     serving: Serving = request.app.state.serving
     rule = body.require_improvement
+
+    def before_move(models: list[RegisteredModel]) -> None:
+        check_one_task(name, models)
+        for model in models:
+            ensure_converted(session, store, model, body.runtime, serving.cache.threads)
+        warm_all(serving, team.id, name, [served(m, body.runtime) for m in models])
+
     alias = service.set_alias(
         session,
         team.id,
@@ -62,7 +74,8 @@ def set_alias(name: AliasName, body: AliasSet, team: CurrentTeam, session: Sessi
         body.shadow_model_id,
         body.force,
         rule.metric if rule else None,
-        before_move=lambda models: warm_all(serving, team.id, name, models),
+        before_move=before_move,
+        runtime=body.runtime,
     )
     read = AliasRead.of(alias)
     session.commit()
@@ -70,14 +83,21 @@ def set_alias(name: AliasName, body: AliasSet, team: CurrentTeam, session: Sessi
     return read
 
 
-def warm_all(serving: Serving, team_id: str, name: str, models: list[RegisteredModel]) -> None:
-    """Load and run every model the alias will use; 422 naming the one that fails (the alias does not move)."""
+def check_one_task(name: str, models: list[RegisteredModel]) -> None:
     tasks = {m.task for m in models}
     if len(tasks) > 1:
         raise InvalidInput(
             f"alias '{name}' would mix tasks ({', '.join(sorted(tasks))}): its routes and shadow must all read the "
             "same inputs; use models of one task"
         )
+
+
+def served(model: RegisteredModel, runtime: str) -> ServedModel:
+    return ServedModel(model.id, model.task, model.storage_key, runtime)
+
+
+def warm_all(serving: Serving, team_id: str, name: str, models: list[ServedModel]) -> None:
+    """Load and run every model the alias will use; 422 naming the one that fails (the alias does not move)."""
     for model in models:
         try:
             serving.warm(team_id, model)

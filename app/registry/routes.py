@@ -19,6 +19,7 @@ class ServedModel:
     id: str
     task: str
     storage_key: str
+    runtime: str = "torch"  # how it runs: the alias's runtime (a model named by id runs as trained)
 
 
 @dataclass(frozen=True)

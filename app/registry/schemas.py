@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.inference.runtimes import Runtime
 from app.registry.routes import TOTAL_WEIGHT
 from app.registry.tables import Alias, AliasTraffic
 
@@ -22,7 +23,17 @@ class ModelRead(BaseModel):
     labels: list[str]
     metrics: dict[str, Any]
     below_baseline: bool
+    runtimes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the runtimes this model was converted to (when an alias first asked for one), each with the "
+        "test accuracy of the converted model beside the torch model's on the same rows of its dataset's test split",
+    )
     created_at: datetime
+
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return value or {}
 
 
 class ImprovementRule(BaseModel):
@@ -59,6 +70,13 @@ class AliasSet(BaseModel):
         max_length=64,
         description="a model that answers a copy of every request: its answers are compared with the served ones "
         "(GET /aliases/{name}/stats) and never returned. Omit it to remove the shadow",
+    )
+    runtime: Runtime = Field(
+        "torch",
+        description="how the alias's models run: 'torch' (fp32, as trained), 'onnx' (exported once, served by ONNX "
+        "Runtime on the CPU; needs the `onnx` extra) or 'int8' (Linear layers quantized to int8, for transformer "
+        "models). The first move to a runtime converts each model and records its test accuracy beside the torch "
+        "model's (GET /models/{id} `runtimes`); a model that cannot be converted is a 422 and the alias stays as it was",
     )
     force: bool = Field(False, description="point the alias at a model flagged below_baseline all the same")
     require_improvement: ImprovementRule | None = Field(
@@ -98,6 +116,7 @@ class AliasRead(BaseModel):
     model_id: str = Field(description="the model taking the most traffic")
     routes: list[Route]
     shadow_model_id: str | None
+    runtime: str = Field(description="how its models run: torch, onnx or int8")
     updated_at: datetime
 
     @classmethod
@@ -108,6 +127,7 @@ class AliasRead(BaseModel):
             model_id=alias.model_id,
             routes=routes,
             shadow_model_id=alias.shadow_model_id,
+            runtime=alias.runtime or "torch",
             updated_at=alias.updated_at,
         )
 

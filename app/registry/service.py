@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -45,11 +46,13 @@ def set_alias(
     force: bool = False,
     require_improvement: Metric | None = None,
     before_move: Callable[[list[RegisteredModel]], None] | None = None,
+    runtime: str = "torch",
 ) -> Alias:
     """Point alias `name` at one of the team's models, or split it by weight between several (created or moved), with
     an optional shadow; a model that learned nothing needs `force`; with `require_improvement` an existing alias moves
-    only to a model that scores better (app/registry/promotion.py). `before_move(models)` runs once every check has
-    passed and before anything is written (the API loads and warms the models there; if it raises, nothing moves)."""
+    only to a model that scores better (app/registry/promotion.py); its models run in `runtime`. `before_move(models)`
+    runs once every check has passed and before anything is written (the API converts, loads and warms the models
+    there; if it raises, nothing moves)."""
     models = [get_model(session, team_id, model_id) for model_id, _ in routes]
     shadow = get_model(session, team_id, shadow_model_id) if shadow_model_id else None
     for model in models:
@@ -63,10 +66,18 @@ def set_alias(
         before_move(models + ([shadow] if shadow else []))
     split = [{"model_id": m, "weight": w} for m, w in routes] if len(routes) > 1 else None
     if alias is None:
-        alias = Alias(team_id=team_id, name=name, model_id=model_id, routes=split, shadow_model_id=shadow_model_id)
+        alias = Alias(
+            team_id=team_id,
+            name=name,
+            model_id=model_id,
+            routes=split,
+            shadow_model_id=shadow_model_id,
+            runtime=runtime,
+        )
         session.add(alias)
     else:
         alias.model_id, alias.routes, alias.shadow_model_id = model_id, split, shadow_model_id
+        alias.runtime = runtime
         alias.updated_at = utcnow()
     session.flush()
     return alias
@@ -106,7 +117,8 @@ def list_aliases(session: Session, team_id: str) -> list[Alias]:
 
 
 def resolve_routes(session: Session, team_id: str, ref: str | None) -> Routes:
-    """A model id or an alias name (default: production) to the models serving it: 404 as resolve_model."""
+    """A model id or an alias name (default: production) to the models serving it, in the alias's runtime (a model
+    id: torch): 404 as resolve_model."""
     ref = ref or DEFAULT_ALIAS
     alias = session.get(Alias, (team_id, ref))
     if alias is None:
@@ -120,6 +132,7 @@ def resolve_routes(session: Session, team_id: str, ref: str | None) -> Routes:
             select(RegisteredModel).where(RegisteredModel.team_id == team_id, RegisteredModel.id.in_(wanted))
         )
     }
+    found = {m: replace(served, runtime=alias.runtime) for m, served in found.items()}
     routes = tuple((found[m], w) for m, w in weighted if m in found and w > 0)
     if not routes:
         raise NotFound(f"Alias '{ref}' routes to no model that still exists; point it at one (PUT /aliases/{ref}).")

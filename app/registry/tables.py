@@ -25,6 +25,8 @@ class RegisteredModel(Base):
     storage_key: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     below_baseline: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # runtimes it was converted to (app/inference/conversion.py): {"onnx": {"test_accuracy": ..., ...}, ...}
+    runtimes: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -41,6 +43,8 @@ class Alias(Base):
     shadow_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("registered_model.id", ondelete="SET NULL"), default=None
     )
+    # how its models run: "torch" (as trained), "onnx" or "int8" (app/inference/runtimes.py)
+    runtime: Mapped[str] = mapped_column(String(10), default="torch", server_default="torch")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     def weighted_routes(self) -> list[tuple[str, int]]:

@@ -307,3 +307,19 @@ def test_traffic_counters_of_several_processes_add_up(db):
     assert (rows["m1"].requests, rows["m1"].inputs, rows["m1"].errors) == (101, 201, 1)
     assert rows["m1"].latency_ms_total == pytest.approx(1000.0)
     assert (rows["m2"].requests, rows["m2"].compared, rows["m2"].agreed) == (100, 200, 50)
+
+
+def test_stats_answer_at_once_when_the_callers_key_was_last_used_long_ago(client, models, service, key):
+    """Authenticating a key unused for a minute writes its last_used_at; that write commits at once, so reading the
+    stats (which first writes this process's pending counters through another connection) never waits on the
+    request's own write lock (on SQLite it did, until the busy timeout, then answered 503)."""
+    assert put_alias(client, "rollout-stale-key", model_id=models["a"]).status_code == 200
+    assert predict(client, "rollout-stale-key").status_code == 200  # counters pending in the API process
+    db = database(service)
+    with db.session() as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key)).values(last_used_at=None))
+    started = time.monotonic()
+    stats = client.get("/aliases/rollout-stale-key/stats")
+    assert stats.status_code == 200, stats.text
+    assert time.monotonic() - started < 10
+    assert stats.json()["models"][0]["requests"] >= 1

@@ -144,6 +144,9 @@ def authenticate(session: Session, key: str) -> Caller:
             .where(ApiKey.id == api_key.id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale))
             .values(last_used_at=now)
         )
+        # At once: on SQLite a request that kept this write open would hold the database's write lock while it runs,
+        # and a write of its own through another connection (alias traffic counters) would wait on it until timeout.
+        session.commit()
     return Caller(team=team, key_id=api_key.id, scopes=api_key.scopes, expires_at=api_key.expires_at)
 
 

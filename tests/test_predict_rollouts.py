@@ -6,13 +6,13 @@ model first, and a model that fails to load never takes the traffic."""
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from app import processes
@@ -107,7 +107,8 @@ def test_an_alias_moved_elsewhere_takes_effect_within_the_bound(client, models, 
 
 def test_another_api_process_follows_a_move_warm(service, key, models):
     """A second API process on the same database: an alias moved through the first reaches it within the ttl plus
-    the time to load the new model, which it loads and warms while the old one keeps serving."""
+    the time to load the new model, which it loads and warms ahead of its traffic while the old one keeps serving:
+    no request of the second process waits for a model to load."""
     a, b = models["a"], models["b"]
     port = processes.free_port()
     second_api = service.start("api-second", processes.api_command("127.0.0.1", port))
@@ -116,34 +117,36 @@ def test_another_api_process_follows_a_move_warm(service, key, models):
         processes.wait_ready(url, second_api, timeout=180)
         with service.client(key) as first, httpx.Client(base_url=url, headers=headers, timeout=60) as second:
             assert put_alias(first, "rollout-two", model_id=a).status_code == 200
-            assert timed(second, "rollout-two")[0] == a  # routes and model now in the second process's memory
-            steady = [timed(second, "rollout-two")[1] for _ in range(5)]
+            assert served_by(second, "rollout-two") == a  # routes and model now in the second process's memory
+            before = model_loads(second)
+            assert before == {"request": 1}, before  # the first request loaded a
             assert put_alias(first, "rollout-two", model_id=b).status_code == 200
-            answers: list[tuple[str, float]] = []
+            answers: list[str] = []
 
             def moved() -> bool:
-                answers.append(timed(second, "rollout-two"))
-                return answers[-1][0] == b
+                answers.append(served_by(second, "rollout-two"))
+                return answers[-1] == b
 
             took = wait_until(moved, 30)
             assert took <= TTL + SLACK + 10, took  # the ttl, and loading the model in the background
-            assert {m for m, _ in answers} <= {a, b}  # the old model answered until the new one was warm
-            first_after = [answers[-1][1]]  # the first answer of the new model in this process
-            for _ in range(2):
-                model, latency = timed(second, "rollout-two")
-                assert model == b
-                first_after.append(latency)
-                steady.append(timed(second, a)[1])
-            assert statistics.median(first_after) <= 2 * statistics.median(steady), (first_after, steady)
+            assert set(answers) <= {a, b}  # the old model answered until the new one was warm
+            assert served_by(second, "rollout-two") == b
+            after = model_loads(second)
+            assert after == {"request": 1, "ahead": 1}, after  # b was loaded and warmed before its first answer
     finally:
         processes.stop([service.processes.pop("api-second")])
 
 
-def timed(client: httpx.Client, model: str) -> tuple[str, float]:
-    """Which model answered, and how long the request took."""
-    started = time.perf_counter()
-    served = served_by(client, model)
-    return served, time.perf_counter() - started
+def model_loads(client: httpx.Client) -> dict[str, float]:
+    """The process's finetune_predict_model_loads_total by `when` (from its /metrics)."""
+    text = client.get("/metrics").text
+    return {
+        sample.labels["when"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "finetune_predict_model_loads"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
 
 
 def binomial_bound(n: int, p: float) -> float:
@@ -218,20 +221,17 @@ def test_a_shadow_answers_a_copy_that_is_counted_never_returned(client, models):
     assert shadow["mean_latency_ms"] > 0
 
 
-def test_a_warm_swap_serves_its_first_requests_as_fast_as_the_rest(client, models):
+def test_a_warm_swap_loads_and_warms_its_model_before_it_answers(client, models):
+    """PUT /aliases loads and warms the new model before it returns: no request waits for the load."""
     a, fresh = models["a"], models["fresh"]
     assert put_alias(client, "rollout-warm", model_id=a).status_code == 200
-    steady = [timed(client, "rollout-warm")[1] for _ in range(7)]
+    assert served_by(client, "rollout-warm") == a
+    before = model_loads(client)
     moved = put_alias(client, "rollout-warm", model_id=fresh)  # loaded and warmed before it answers
     assert moved.status_code == 200, moved.text
-    first = []
-    for _ in range(3):  # interleaved with steady requests, so that load from elsewhere falls on both alike
-        model, latency = timed(client, "rollout-warm")
-        assert model == fresh
-        first.append(latency)
-        steady.append(timed(client, a)[1])
-    steady += [timed(client, "rollout-warm")[1] for _ in range(4)]
-    assert statistics.median(first) <= 2 * statistics.median(steady), (first, steady)
+    assert model_loads(client) == {**before, "ahead": before.get("ahead", 0) + 1}
+    assert [served_by(client, "rollout-warm") for _ in range(3)] == [fresh] * 3
+    assert model_loads(client) == {**before, "ahead": before.get("ahead", 0) + 1}  # none of them waited for a load
 
 
 def test_a_model_that_fails_to_load_never_takes_the_alias(client, models, service):

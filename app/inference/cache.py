@@ -20,6 +20,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, PreparingCounter
 from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
+from app.observability.metrics import observe_model_load
 from app.tasktypes.calibration import load_temperature
 from app.tasktypes.common import Preprocessing
 from app.tasktypes.specs import TaskSpec, task_spec
@@ -157,9 +158,11 @@ class ModelCache:
         team_id: str = "",
         runtime: str = TORCH,
         runtime_folder_for: Callable[[], Path] | None = None,
+        ahead: bool = False,
     ) -> LoadedModel:
         """The loaded model `model_id` (one of team `team_id`'s) in `runtime`, loading it from `folder_for()` (and
-        the runtime's files from `runtime_folder_for()`) on first use."""
+        the runtime's files from `runtime_folder_for()`) on first use; `ahead`: loaded before any request needs it
+        (counted apart from the loads a request waits for)."""
         key = served_key(model_id, runtime)
         with self._lock:
             if key in self._models:
@@ -172,6 +175,7 @@ class ModelCache:
                     return self._models[key]
             runtime_folder = runtime_folder_for() if runtime_folder_for is not None else None
             loaded = load_served_model(model_id, folder_for(), runtime, runtime_folder, self.threads)
+            observe_model_load(ahead)
             loaded.batcher = Batcher(
                 loaded.forward,
                 max_batch=self.max_batch,
@@ -221,7 +225,7 @@ class ModelCache:
         runtime_folder_for: Callable[[], Path] | None = None,
     ) -> LoadedModel:
         """Load the model if needed and run it once (blocking); raises whatever loading raised (a corrupt file)."""
-        loaded = self.get(model_id, folder_for, team_id, runtime, runtime_folder_for)
+        loaded = self.get(model_id, folder_for, team_id, runtime, runtime_folder_for, ahead=True)
         loaded.warm()
         return loaded
 

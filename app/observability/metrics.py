@@ -35,6 +35,12 @@ PREDICT_QUEUE_WAIT = Histogram(
     "Time a /predict request waited in its model's queue before its forward pass began",
     buckets=WAIT_BUCKETS,
 )
+PREDICT_MODEL_LOADS = Counter(
+    "finetune_predict_model_loads",
+    "Models loaded into this process for /predict, by when: 'request' (a request waited for the load) or 'ahead' "
+    "(loaded and warmed before it took traffic, as a model an alias moves to is)",
+    ["when"],
+)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float | None) -> None:
@@ -51,3 +57,8 @@ def observe_predict_batch(inputs: int, waits: Iterable[float]) -> None:
     PREDICT_BATCH_REQUESTS.observe(len(waits))
     for wait in waits:
         PREDICT_QUEUE_WAIT.observe(wait)
+
+
+def observe_model_load(ahead: bool) -> None:
+    """A model loaded for serving: ahead of its traffic, or while a request waited."""
+    PREDICT_MODEL_LOADS.labels("ahead" if ahead else "request").inc()

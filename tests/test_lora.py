@@ -5,6 +5,7 @@ SIGKILL resumes of LoRA jobs are in tests/test_crash_safety.py."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,18 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 
 from app.artifacts.layout import model_key
 from app.jobs.schemas import Hyperparameters
+from app.tasktypes.types import TaskType
 from tests.conftest import wait_for_job
 from tests.factories import COLORS, image_bytes, image_zip
 from tests.test_train_options import LABELS, image_records, imbalanced_records
 
 LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": None}
-# what each tiny model adapts by default: peft's choice for BERT, ViT's attention, the timm model's deepest 1x1
-# convolutions within the budget (at r=4 on its 100k weights: just the last one)
+# what each tiny model adapts by default: peft's choice for BERT, ViT's attention, the timm model's narrowing 1x1
+# convolutions and its deepest one (at a rank lowered from 4 to 1 to fit the budget on its 100k weights)
 DEFAULT_TARGETS = {
     "tiny-bert": ["query", "value"],
     "tiny-vit": ["q_proj", "v_proj"],
-    "tiny-timm": ["timm_model.conv_head"],
+    "tiny-timm": [*(f"timm_model.blocks.{i}.0.conv_pwl" for i in range(1, 5)), "timm_model.conv_head"],
 }
 
 
@@ -116,11 +118,49 @@ def test_a_merged_lora_model_loads_with_plain_transformers_and_gives_the_trainin
 
     # the adapter files beside the export: peft loads them onto the base model (with a head for these labels)
     config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == base and config["r"] == LORA["r"]
+    assert config["base_model_name_or_path"] == base and config["r"] == (LORA["r"] if base == "tiny-bert" else 1)
     fresh = auto.from_pretrained(str(models_dir / base), num_labels=2, ignore_mismatched_sizes=True)
     with torch.no_grad():
         adapted = PeftModel.from_pretrained(fresh, str(folder / "adapter")).eval()(**inputs).logits
     assert torch.allclose(adapted, training_time, atol=1e-5)
+
+
+def test_conv_lora_spreads_over_the_depth_at_a_rank_within_the_budget(models_dir: Path):
+    """EfficientNet-style models: every narrowing 1x1 convolution (never a squeeze-excite gate) and the deepest one,
+    at the highest rank up to the asked one whose updates stay within CONV_ADAPTER_BUDGET; the job's note says so."""
+    from app.jobs.adapters import CONV_ADAPTER_BUDGET, default_adapter, model_skeleton
+
+    model = model_skeleton(models_dir / "tiny-timm", TaskType.image_classification, 2)
+    modules = dict(model.named_modules())
+    total = sum(p.numel() for p in model.parameters())
+    targets, rank, why = default_adapter(model, 4)
+    assert targets == DEFAULT_TARGETS["tiny-timm"] and rank == 1 and "lowered from 4" in why
+    cost = sum(modules[t].in_channels + modules[t].out_channels for t in targets)
+    assert rank * cost <= CONV_ADAPTER_BUDGET * total < (rank + 1) * cost  # the highest rank that fits
+    assert all(modules[t].out_channels < modules[t].in_channels for t in targets[:-1])
+    assert not any(".se." in name for name in targets)
+    run, notes = lora_run(models_dir, "tiny-timm")
+    lora_weights = sum(p.numel() for n, p in run.model.named_parameters() if ".lora_" in n)
+    assert lora_weights == rank * cost <= CONV_ADAPTER_BUDGET * total
+    assert any("r=1 (r=4 asked, lowered" in note for note in notes), notes
+    asked = default_adapter(model, 64)
+    assert asked[0] == targets and asked[1] == rank  # a higher rank asked is lowered to the same
+    small = default_adapter(model, 1)
+    assert small[1] == 1 and "lowered" not in small[2]
+
+
+def test_lora_on_a_conv_model_gets_a_higher_floor_of_steps():
+    """ "auto" epochs: at least ADAPTER_MIN_STEPS steps for LoRA on a convolutional model; text keeps its floor."""
+    from app.jobs.defaults import ADAPTER_MIN_STEPS, apply_defaults
+
+    image, lora = "image_classification", {"type": "lora"}
+    full = apply_defaults(Hyperparameters(), image, 1000, "conv_image")
+    adapted = apply_defaults(Hyperparameters(adapter=lora), image, 1000, "conv_image")
+    assert (full.epochs, adapted.epochs) == (5, math.ceil(ADAPTER_MIN_STEPS["conv_image"] / 32))  # 32 steps an epoch
+    assert "at least 450 steps (LoRA on a convolutional model" in adapted.auto["epochs"]
+    vit = apply_defaults(Hyperparameters(adapter=lora), image, 1000, "vision_transformer")
+    text = apply_defaults(Hyperparameters(adapter=lora), "text_classification", 1000, "text_encoder")
+    assert (vit.epochs, text.epochs) == (5, apply_defaults(Hyperparameters(), "text_classification", 1000).epochs)
 
 
 def test_lora_defaults_take_the_adapter_learning_rate():
@@ -161,7 +201,8 @@ def test_a_lora_job_trains_registers_a_merged_model_and_serves(service, client, 
     metrics = client.get(f"/models/{job['model_id']}").json()["metrics"]
     assert metrics["adapter"]["type"] == "lora" and metrics["trainable_share"] == report["trainable_share"]
     events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]
-    assert any(e["message"].startswith("adapter lora r=4") for e in events)
+    rank = "r=4" if base == "tiny-bert" else "r=1 (r=4 asked"  # the conv default fits the budget
+    assert any(e["message"].startswith(f"adapter lora {rank}") for e in events)
 
     checkpoints = client.get(f"/jobs/{job['id']}/checkpoints").json()
     folder = service.store().local_dir(model_key(job["model_id"]))

@@ -31,7 +31,13 @@ class Adapter(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["lora"] = Field("lora", description='"lora": low-rank updates of chosen Linear and 1x1 Conv layers')
-    r: int = Field(8, ge=1, le=256, description="rank of each low-rank update")
+    r: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="rank of each low-rank update; on a convolutional model's default layers, the highest rank up to "
+        "this one that keeps the adapter within 1.5% of the model's parameters (the report says which ran)",
+    )
     alpha: int = Field(16, ge=1, le=4096, description="scaling: each update is multiplied by alpha / r")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the adapter's input")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
@@ -39,9 +45,9 @@ class Adapter(BaseModel):
         min_length=1,
         max_length=200,
         description="names (or name endings) of the layers to adapt; null: peft's choice for the architecture, else "
-        "the attention's query and value projections (BERT/MiniLM, ViT; timm ViT's fused qkv), else the pointwise "
-        "(1x1) convolutions of convolutional models (EfficientNet, ResNet). Depthwise/grouped convolutions cannot be "
-        "merged into exported weights and are refused",
+        "the attention's query and value projections (BERT/MiniLM, ViT; timm ViT's fused qkv), else, on "
+        "convolutional models (EfficientNet, ResNet), every narrowing pointwise (1x1) convolution and the deepest "
+        "one. Depthwise/grouped convolutions cannot be merged into exported weights and are refused",
     )
 
 

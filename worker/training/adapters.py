@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from app.jobs.adapters import default_targets, target_problem
+from app.jobs.adapters import CONV_ADAPTER_BUDGET, default_adapter, target_problem
 from app.jobs.schemas import Adapter
 from app.jobs.stop_reasons import JobFailed
 
@@ -29,12 +29,14 @@ def attach_adapter(model: torch.nn.Module, head: set[str], adapter: Adapter) -> 
     if not head:
         raise JobFailed("could not find this model's classification head to train beside the adapter")
     head_modules = {name.rsplit(".", 1)[0] for name in head}
-    targets = adapter.target_modules or default_targets(model, adapter.r)
+    targets, rank = adapter.target_modules, adapter.r
+    if not targets:
+        targets, rank, _ = default_adapter(model, adapter.r)
     problem = target_problem(model, targets, head_modules)
     if problem:
         raise JobFailed(problem)
     config = LoraConfig(
-        r=adapter.r,
+        r=rank,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=targets,
@@ -61,15 +63,21 @@ def trainable_summary(model: torch.nn.Module, adapter: Adapter | None) -> dict[s
         "trainable_share": round(trainable / max(total, 1), 6),
     }
     if adapter is not None and isinstance(model, PeftModel):
-        targets = getattr(model.peft_config["default"], "target_modules", None)
-        summary["adapter"] = {**adapter.model_dump(), "target_modules": sorted(targets or [])}
+        config = model.peft_config["default"]
+        targets, rank = getattr(config, "target_modules", None), getattr(config, "r", adapter.r)
+        summary["adapter"] = {**adapter.model_dump(), "r": rank, "target_modules": sorted(targets or [])}
+        if rank != adapter.r:  # the default layers of a convolutional model, at a rank that fits the budget
+            summary["adapter"]["r_asked"] = adapter.r
     return summary
 
 
 def describe_trainable(summary: dict[str, Any]) -> str:
     """The adapter and what trains, in words (an event of the job)."""
     adapter = summary["adapter"]
-    what = f"{adapter['type']} r={adapter['r']} alpha={adapter['alpha']} on {', '.join(adapter['target_modules'])}"
+    rank = f"r={adapter['r']}"
+    if "r_asked" in adapter:
+        rank += f" (r={adapter['r_asked']} asked, lowered so the adapter adds at most {CONV_ADAPTER_BUDGET:.1%} of the weights)"
+    what = f"{adapter['type']} {rank} alpha={adapter['alpha']} on {', '.join(adapter['target_modules'])}"
     return (
         f"adapter {what}: {summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters train "
         f"({summary['trainable_share']:.2%}: the adapter and the head)"

@@ -17,8 +17,10 @@ if [ "${BENCH_QUICK:-0}" = "1" ]; then
   STREAMS_ARGS="--levels 0,100 --healthz 20"
   PREDICT_ARGS="--duration 3 --warmup 1"
   SMALL_DATA_ARGS="--text-sizes 100 --image-per-class 10 --methods defaults"
+  WARM_SWAP_ARGS="--rounds 2 --steady 5"
 else
   THROUGHPUT_ARGS="" ACCURACY_ARGS="" METRICS_ARGS="" PREDICT_ARGS="" SMALL_DATA_ARGS="" STREAMS_ARGS=""
+  WARM_SWAP_ARGS=""
 fi
 
 "$PY" -c "import accelerate, psutil" 2>/dev/null || echo "note: train_throughput needs 'pip install accelerate psutil'" >&2
@@ -50,6 +52,8 @@ if [ -f bench/predict.py ]; then
   # shellcheck disable=SC2086
   run predict bench/predict.py $PREDICT_ARGS
 fi
+# shellcheck disable=SC2086
+run warm_swap bench/warm_swap.py $WARM_SWAP_ARGS
 uptime >> "$OUT/load.txt"
 
 cat "$OUT"/*.txt | grep '^{' > "$OUT/all.jsonl" || true

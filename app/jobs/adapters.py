@@ -23,11 +23,11 @@ ADAPTABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv
 SUPPORTED = "Linear, Embedding and Conv1d/2d/3d layers with groups=1 (not depthwise convolutions)"
 
 
-# Convolutional models: LoRA spread over the depth, on every narrowing 1x1 convolution (EfficientNet's projections,
-# ResNet bottlenecks' reductions) and the deepest 1x1 one (EfficientNet's conv_head), at the highest rank up to the
-# requested one whose updates together add at most this share of the model's parameters, so that with the head it
-# stays under 2% trainable. Measured on EfficientNet-Lite0 and MNIST (bench/README.md): spread at r=4 (1.8% with a
-# 10-class head) learns what the last block alone at r=8 cannot (96.2% against 90.2%, full fine-tuning 97.9%).
+# Convolutional models: LoRA spread over the depth, on the narrowing 1x1 convolutions (EfficientNet's projections,
+# ResNet bottlenecks' reductions) past the first stage and the deepest 1x1 one (EfficientNet's conv_head), at the
+# highest rank up to the requested one whose updates together add at most this share of the model's parameters, so
+# that with the head it stays under 2% trainable. Measured on EfficientNet-Lite0 and MNIST (bench/README.md): spread at r=4 (1.8% with a
+# 10-class head) learns what the last block alone at r=8 cannot (95.7-96.2% against 90.2%, full fine-tuning 97.9%).
 CONV_ADAPTER_BUDGET = 0.015
 
 
@@ -55,11 +55,17 @@ def default_adapter(model: torch.nn.Module, r: int = 8) -> tuple[list[str], int,
     if not pointwise:
         return [], r, "no layer LoRA adapts by default"
     budget = CONV_ADAPTER_BUDGET * sum(p.numel() for p in model.parameters())
-    # Squeeze-and-excitation gates (1x1 convolutions on pooled vectors) are left out: they reweight channels.
-    spread = [(name, m) for name, m in pointwise[:-1] if m.out_channels < m.in_channels] + [pointwise[-1]]
+    # Squeeze-and-excitation gates (1x1 convolutions on pooled vectors) are left out: they reweight channels. So are
+    # the narrowest ones, the first stage's: its features (edges, textures) transfer as they are, and at the highest
+    # resolution they cost the most to train. Measured on EfficientNet-Lite0 and MNIST: with its first block adapted,
+    # validation accuracy swung by 6 points between evaluations, test 94.4% against 95.7%, at 0.75x the speed.
+    narrowing = [(name, m) for name, m in pointwise[:-1] if m.out_channels < m.in_channels]
+    narrowest = min((m.out_channels for _, m in narrowing), default=0)
+    spread = [(name, m) for name, m in narrowing if m.out_channels > narrowest] + [pointwise[-1]]
     rank = min(r, int(budget // sum(m.in_channels + m.out_channels for _, m in spread)))
     if rank >= 1:
-        why = f"every narrowing 1x1 convolution and the deepest one ({len(spread)} layers) at rank {rank}" + (
+        why = f"the narrowing 1x1 convolutions past the first stage and the deepest one ({len(spread)} layers)"
+        why += f" at rank {rank}" + (
             f" (lowered from {r} to keep the adapter within {CONV_ADAPTER_BUDGET:.1%} of the parameters)"
             if rank < r
             else ""

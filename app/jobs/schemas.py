@@ -46,8 +46,8 @@ class Adapter(BaseModel):
         max_length=200,
         description="names (or name endings) of the layers to adapt; null: peft's choice for the architecture, else "
         "the attention's query and value projections (BERT/MiniLM, ViT; timm ViT's fused qkv), else, on "
-        "convolutional models (EfficientNet, ResNet), every narrowing pointwise (1x1) convolution and the deepest "
-        "one. Depthwise/grouped convolutions cannot be merged into exported weights and are refused",
+        "convolutional models (EfficientNet, ResNet), the narrowing pointwise (1x1) convolutions past the first "
+        "stage and the deepest one. Depthwise/grouped convolutions cannot be merged into exported weights and are refused",
     )
 
 

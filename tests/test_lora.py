@@ -174,7 +174,7 @@ def test_lora_defaults_take_the_adapter_learning_rate():
     lora = apply_defaults(Hyperparameters(adapter={"type": "lora"}), "text_classification", 100)
     assert lora.learning_rate is not None and full.learning_rate is not None
     assert lora.learning_rate > full.learning_rate and "adapter" in lora.auto["learning_rate"]
-    assert lora.adapter is not None and (lora.adapter.r, lora.adapter.alpha, lora.adapter.dropout) == (8, 16, 0.1)
+    assert lora.adapter is not None and (lora.adapter.r, lora.adapter.alpha, lora.adapter.dropout) == (8, 16, 0.0)
 
 
 @pytest.fixture(scope="module")

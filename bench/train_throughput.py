@@ -13,6 +13,7 @@ Methods (same model weights, data, batch size, shapes, torch threads; each in tr
                 Hyperparameters: fused AdamW, grad clipping 1.0, linear schedule, per-step log_step)
   service_lora  the same with a LoRA adapter on the default layers (not in the default --methods; compare it with
                 --methods service,service_lora, which also prints its paired ratio to service)
+  service_lora_dropout  the same with dropout 0.1 on the adapter's input (what the dropout masks cost)
   hand          the tutorial loop: DataLoader(TensorDataset, shuffle) over pre-tokenized / pre-normalised tensors,
                 torch.optim.AdamW(model.parameters(), lr) with its defaults, zero_grad / forward / loss / backward /
                 step, loss.item() per step
@@ -181,6 +182,13 @@ class ServiceLoraMethod(ServiceMethod):
     options = {"adapter": {"type": "lora"}}
 
 
+class ServiceLoraDropoutMethod(ServiceMethod):
+    """The same with dropout 0.1 on the adapter's input (the default before 2026-11-30), for what the masks cost."""
+
+    name = "service_lora_dropout"
+    options = {"adapter": {"type": "lora", "dropout": 0.1}}
+
+
 class TimingHooks:
     """RunHooks that only take a timestamp per step."""
 
@@ -296,7 +304,10 @@ class TrainerMethod:
         return list(self.times)
 
 
-CLASSES = {m.name: m for m in (ServiceMethod, ServiceLoraMethod, HandMethod, HandFusedMethod, TrainerMethod)}
+CLASSES = {
+    m.name: m
+    for m in (ServiceMethod, ServiceLoraMethod, ServiceLoraDropoutMethod, HandMethod, HandFusedMethod, TrainerMethod)
+}
 
 
 def samples_per_s(times: list[float], warmup: int) -> float:
@@ -639,7 +650,11 @@ def main() -> None:
                 "samples_per_s": round(fig["samples_per_s"], 2),
                 "ratio_to_hand": round(fig["samples_per_s"] / base_rate, 3) if base_rate else None,
                 "paired_ratio_to_hand": paired(figures, method, "hand"),
-                **({"paired_ratio_to_service": paired(figures, method, "service")} if method == "service_lora" else {}),
+                **(
+                    {"paired_ratio_to_service": paired(figures, method, "service")}
+                    if method.startswith("service_lora")
+                    else {}
+                ),
                 "rounds_samples_per_s": fig["rounds"],
             }
             if not args.no_memory:

@@ -71,9 +71,9 @@ def auto_epochs(
     adapter), and the reason, in words."""
     defaults = TASK_DEFAULTS[task]
     min_steps, why_steps = defaults["min_steps"], ""
-    if adapter and (family or defaults["family"]) in ADAPTER_MIN_STEPS:
-        min_steps = ADAPTER_MIN_STEPS[family or defaults["family"]]
-        why_steps = " (LoRA on a convolutional model learns more slowly)"
+    family = family or defaults["family"]
+    if adapter and family in ADAPTER_MIN_STEPS:
+        min_steps, why_steps = ADAPTER_MIN_STEPS[family], " (LoRA on a convolutional model learns more slowly)"
     steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
     needed = math.ceil(min_steps / steps_per_epoch)
     epochs = min(max(needed, defaults["epochs"]), MAX_EPOCHS)

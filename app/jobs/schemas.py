@@ -44,7 +44,7 @@ class Adapter(BaseModel):
         ge=0.0,
         lt=1.0,
         description="dropout on the adapter's input (peft's default, 0: at 0.1 the dropout masks cost LoRA 8% "
-        "of its speed on MiniLM and a quarter on EfficientNet, bench/README.md)",
+        "of its speed on MiniLM and 26% on EfficientNet, bench/README.md)",
     )
     target_modules: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None,
@@ -53,7 +53,8 @@ class Adapter(BaseModel):
         description="names (or name endings) of the layers to adapt; null: peft's choice for the architecture, else "
         "the attention's query and value projections (BERT/MiniLM, ViT; timm ViT's fused qkv), else, on "
         "convolutional models (EfficientNet, ResNet), the narrowing pointwise (1x1) convolutions past the first "
-        "stage and the deepest one. Depthwise/grouped convolutions cannot be merged into exported weights and are refused",
+        "stage and the deepest one. Depthwise/grouped convolutions cannot be merged into exported weights and are "
+        "refused",
     )
 
 

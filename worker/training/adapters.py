@@ -76,7 +76,8 @@ def describe_trainable(summary: dict[str, Any]) -> str:
     adapter = summary["adapter"]
     rank = f"r={adapter['r']}"
     if "r_asked" in adapter:
-        rank += f" (r={adapter['r_asked']} asked, lowered so the adapter adds at most {CONV_ADAPTER_BUDGET:.1%} of the weights)"
+        budget = f"{CONV_ADAPTER_BUDGET:.1%}"
+        rank += f" (r={adapter['r_asked']} asked, lowered so the adapter adds at most {budget} of the weights)"
     what = f"{adapter['type']} {rank} alpha={adapter['alpha']} on {', '.join(adapter['target_modules'])}"
     return (
         f"adapter {what}: {summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters train "

@@ -135,7 +135,12 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="TEST ONLY (refused with FINETUNE_ENV=prod): each job this worker runs raises a CUDA out-of-memory "
-        "error once, in the forward/backward passes of this optimizer step, on any device (the recovery's tests)",
+        "error once, in the forward/backward passes of this optimizer step (the recovery's tests)",
+    )
+    test_oom_rank: int = Field(
+        0,
+        ge=0,
+        description="TEST ONLY: which rank of a job on several devices raises FINETUNE_TEST_OOM_AT_STEP's error",
     )
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
-"""A job on two devices (resources.gpus 2): DDP over gloo with two CPU processes on a real worker started with
-`--gpus 2`. It trains to the weights a one-process run of the same global batch reaches, resumes exactly after
-SIGKILL (its second rank dies with the worker) and after a hand-back (SIGTERM), cancels, and its batch must split
-across the devices (422)."""
+"""A job on two devices (resources.gpus 2): data-parallel over gloo with two CPU processes on a real worker started
+with `--gpus 2`. It trains to the weights a one-process run of the same global batch reaches, resumes exactly after
+SIGKILL (its second rank dies with the worker) and after a hand-back (SIGTERM), recovers from an out-of-memory error
+on its second rank by halving every rank's micro-batch, cancels, and its batch must split across the devices (422)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from app.artifacts.layout import model_key
+from app.processes import worker_command
 from tests.conftest import running_service, wait_for_job, wait_for_step
 from tests.factories import text_rows
 from tests.stacks import private_stack
@@ -79,19 +80,19 @@ def ddp(tmp_path_factory, models_dir):
         yield service, client, dataset.json()["id"]
 
 
-def _wait_for_devices(client: httpx.Client, devices: int, timeout: float = 180) -> None:
+def _wait_for_devices(client: httpx.Client, devices: int, pool: str = "default", timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pools = client.get("/pools").json()
-        if any(w["devices"] == devices for p in pools for w in p["workers"]):
+        if any(w["devices"] == devices for p in pools if p["name"] == pool for w in p["workers"]):
             return
         time.sleep(0.2)
     raise TimeoutError(f"no worker with {devices} devices: {pools}")
 
 
-def _submit(client: httpx.Client, dataset_id: str, gpus: int, **hp: object) -> str:
+def _submit(client: httpx.Client, dataset_id: str, gpus: int, pool: str = "default", **hp: object) -> str:
     body = {"dataset_id": dataset_id, "base_model": "tiny-bert-nodrop", "hyperparameters": {**HP, **hp},
-            "resources": {"gpus": gpus}}  # fmt: skip
+            "resources": {"gpus": gpus, "pool": pool}}  # fmt: skip
     answer = client.post("/jobs", json=body)
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
@@ -203,6 +204,31 @@ def test_sigterm_hands_a_two_device_job_back_and_it_resumes_exactly(ddp, two_dev
     assert _steps(client, job_id, "train_loss") == list(range(1, TOTAL + 1))
     for name, tensor in _weights(service, two_devices).items():
         assert _weights(service, job)[name].equal(tensor), name
+
+
+def test_out_of_memory_on_one_rank_halves_every_rank_and_ends_where_the_run_ends(ddp, two_devices):
+    """Rank 1 (not the worker process) runs out of memory at step 5: every rank halves its micro-batch and redoes the
+    step; the job goes on with the same gradients and ends at the uninterrupted run's weights."""
+    service, client, dataset_id = ddp
+    env = {"FINETUNE_WORKER_POOL": "ddp-oom", "FINETUNE_WORKER_GPUS": "2", "FINETUNE_TEST_OOM_AT_STEP": "5",
+           "FINETUNE_TEST_OOM_RANK": "1"}  # fmt: skip
+    worker = service.start("ddp-oom", worker_command("ddp-oom", "ddp-oom"), env)
+    try:
+        _wait_for_devices(client, 2, pool="ddp-oom")
+        job = wait_for_job(client, _submit(client, dataset_id, gpus=2, pool="ddp-oom"))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert job["status"] == "succeeded", job["error"]
+    events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]
+    oom = [e["message"] for e in events if e["kind"] == "out_of_memory"]
+    assert len(oom) == 1, oom
+    assert "at step 5 on device 1 of 2 with micro-batches of 4 examples per device" in oom[0], oom
+    assert "2 micro-batches of 2 per device" in oom[0], oom
+    assert _steps(client, job["id"], "train_loss") == list(range(1, TOTAL + 1))
+    halved, uninterrupted = _weights(service, job), _weights(service, two_devices)
+    for name, tensor in uninterrupted.items():
+        assert (halved[name] - tensor).abs().max() <= TOLERANCE, name
 
 
 def test_a_batch_must_split_across_the_devices_and_a_two_device_job_cancels(ddp):

@@ -34,7 +34,7 @@ from worker.reports import evaluation_report, example_references
 from worker.sweep_trials import after_trial, open_trial
 from worker.training.adapters import save_merged, trainable_summary
 from worker.training.checkpoint import load_weights
-from worker.training.distributed import RunRecipe, ranks_for
+from worker.training.distributed import RunRecipe, injected_oom_step, ranks_for
 from worker.training.loop import Run, fit
 from worker.training.probe import baselines_and_head_start
 from worker.verdict import compare_with_baselines, describe_baselines, model_metrics, verdict_on_baselines
@@ -148,7 +148,7 @@ def train(ctx: JobContext, hooks: DbHooks) -> None:
                 f"could not load base model '{spec.base_model.name}' for {spec.task}: {user_facing(exc)}"
             ) from exc
         del recipe
-        run.oom_at_step = ctx.settings.test_oom_at_step
+        run.oom_at_step = injected_oom_step(ctx.settings, rank=0)
         hooks.event("precision", f"training in {run.precision.reason}")
         if hp.precision == "auto" or run.precision.name != hp.precision:
             hooks.record_auto("precision", run.precision.reason)

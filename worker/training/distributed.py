@@ -1,9 +1,9 @@
-"""Data-parallel training across the devices of one worker (`resources.gpus` > 1): torch.distributed DDP, NCCL on
-GPUs, gloo on CPU.
+"""Data-parallel training across the devices of one worker (`resources.gpus` > 1): torch.distributed, NCCL on GPUs,
+gloo on CPU.
 
 Rank 0 is the worker process itself: it runs the job as it would on one device (database, events, checkpoints,
 evaluations, the report) and trains its share of every batch. Ranks 1..N-1 are spawned processes that only compute:
-each builds the same run from the same spec, takes rank 0's state when rank 0 is ready (weights through DDP's first
+each builds the same run from the same spec, takes rank 0's state when rank 0 is ready (weights and buffers through a
 broadcast; optimizer, scheduler and progress through one object broadcast, so a resumed job resumes on every rank),
 trains its shares, and at every step boundary follows rank 0's word: go on or stop early. Rank 0 alone evaluates; the
 others wait for its word meanwhile. When rank 0 stops otherwise (cancelled, handed back, lease lost, failed), it ends
@@ -12,10 +12,16 @@ the others: they hold nothing that is not in its checkpoints.
 How a batch is split: the global batch is the job's batch_size (a multiple of the devices, checked at submit), in
 the seeded order single-device training uses; rank r takes its rows r, r+N, r+2N... Every shard is thus a function of
 (seed, epoch, batch) alone, and a resume replays it. Each rank divides its summed loss by the whole batch's
-normalizer over N, so DDP's gradient average is exactly the single-device gradient of the whole batch (class weights,
-label smoothing and short last batches included). A last batch with fewer rows than devices hands the ranks without
+normalizer over N, so the ranks' average gradient is exactly the single-device gradient of the whole batch (class
+weights, label smoothing and short last batches included). A last batch with fewer rows than devices hands the ranks without
 a row of their own one row labelled -100 (cross-entropy ignores it), so that every rank takes part in every allreduce.
 Dropout draws from a generator seeded by (seed, step, rank) at each step, so a resume replays it on every rank.
+
+Why not DistributedDataParallel's hooks: DDP averages gradients inside the backward pass, so a rank that runs out of
+GPU memory mid-pass leaves the others waiting in an allreduce it never joins. Here no collective runs during the
+passes: after its micro-batches each rank says whether it ran out of memory (one small allreduce), and either all
+ranks halve their micro-batch and redo the step together or all average their gradients (bucketed allreduces). The
+price is DDP's overlap of the gradient exchange with the backward pass.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,8 +41,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
+from app.config import Settings, get_settings
 from app.jobs.schemas import Hyperparameters
 from app.jobs.stop_reasons import JobFailed
 from app.tasktypes.common import Preprocessing
@@ -56,6 +61,7 @@ TIMEOUT = timedelta(minutes=30)  # how long a rank waits in a collective (for ra
 SETUP_TIMEOUT = timedelta(days=1)  # how long the other ranks wait for rank 0's setup (baselines, resume): they die
 # with rank 0 in any case
 JOIN_SECONDS = 60  # how long rank 0 waits for the others to exit after the last step
+BUCKET_BYTES = 25 * 2**20  # gradients are averaged in flat buckets of about this size (DDP's default bucket)
 
 
 @dataclass(frozen=True)
@@ -71,20 +77,18 @@ class RunRecipe:
 
 
 class DataParallel:
-    """One rank's part in a data-parallel run: the DDP-wrapped model, its shard of each batch, the collectives."""
+    """One rank's part in a data-parallel run: its shard of each batch and the collectives."""
 
     def __init__(self, rank: int, world: int, run: Run) -> None:
         self.rank, self.world, self.seed = rank, world, run.hp.seed
         self.device = run.device
         if run.device.type == "cuda" and run.device.index is None:  # rank 0's "cuda": the current device
             self.device = torch.device("cuda", torch.cuda.current_device())
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Some models hold trainable parameters a forward skips (a pooler their head does not read). Buffers start as
-        # rank 0's and are not synced at each forward: a forward then holds no collective (ranks may run different
-        # numbers of micro-batches), and BatchNorm's running statistics, which only evaluation reads, are rank 0's.
-        self.module = DistributedDataParallel(
-            run.model, device_ids=ids, forward_sync_buffers=False, find_unused_parameters=True
-        )
+        # Every rank starts from rank 0's weights and buffers. Buffers are not synced after that: BatchNorm's running
+        # statistics, which only evaluation reads, are rank 0's.
+        with torch.no_grad():
+            for tensor in run.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
 
     @property
     def leads(self) -> bool:
@@ -118,15 +122,31 @@ class DataParallel:
             yield spec.collate(processor, prep, selected), labels
 
     def normalizer(self, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        """The whole batch's normalizer over the world size: DDP averages the ranks' gradients, and the average of
+        """The whole batch's normalizer over the world size: the ranks' gradients are averaged, and the average of
         (summed loss of shard r) / (whole normalizer / N) is the whole batch's mean loss."""
         total = normalizer(labels[labels != IGNORED], weights).to(torch.float32).clone()
         dist.all_reduce(total)
         return total / self.world
 
-    def sync(self, last: bool) -> AbstractContextManager[Any]:
-        """Gradients are averaged across ranks once per step, after the last micro-batch."""
-        return contextlib.nullcontext() if last else self.module.no_sync()
+    def ranks_out_of_memory(self, mine: bool) -> list[int]:
+        """Which ranks ran out of memory in this step's passes (every rank learns the same list)."""
+        flags = torch.zeros(self.world, dtype=torch.int64, device=self.device)
+        flags[self.rank] = int(mine)
+        dist.all_reduce(flags)
+        return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Each gradient becomes the ranks' mean, exchanged in flat buckets. Parameters without a gradient (a pooler
+        no head reads) have none on every rank, as they would have on one device."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        for bucket in _buckets(grads):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat /= self.world
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
 
     def whole_batch(self, loss: float, labels: torch.Tensor) -> tuple[float, int]:
         """The whole batch's mean training loss and its row count, from this rank's share."""
@@ -143,6 +163,20 @@ class DataParallel:
 
     def seed_step(self, step: int) -> None:
         torch.manual_seed(((self.seed * 1_000_003 + step) * 1_000_003 + self.rank) % 2**63)
+
+
+def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Consecutive gradients of one dtype, about BUCKET_BYTES at a time."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        if bucket and (size + grad.numel() * grad.element_size() > BUCKET_BYTES or grad.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += grad.numel() * grad.element_size()
+    if bucket:
+        yield bucket
 
 
 class LeaderHooks:
@@ -201,8 +235,8 @@ class Ranks:
         self.spawned = mp.start_processes(_follow, args, nprocs=world - 1, join=False, daemon=True)
 
     def lead(self, run: Run, hooks: RunHooks) -> RunHooks:
-        """Join the other ranks (once each has built its run), give them this run's state, and wrap the model:
-        the hooks fit() takes on rank 0."""
+        """Join the other ranks (once each has built its run) and give them this run's state: the hooks fit() takes
+        on rank 0."""
         self._wait_until_built()
         self.store.set("leading", "1")
         dist.init_process_group(self.backend, store=self.store, rank=0, world_size=self.world, timeout=TIMEOUT)
@@ -289,6 +323,7 @@ def _follow(index: int, world: int, port: int, kind: str, recipe: RunRecipe, thr
 
     r = recipe
     run, _ = build_run(r.task, r.base_path, r.labels, r.records, r.hp, device, r.data_budget_bytes)
+    run.oom_at_step = injected_oom_step(get_settings(), rank)
     del recipe, r
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=TIMEOUT)
     store.set(f"built/{rank}", "1")
@@ -306,6 +341,11 @@ def _follow(index: int, world: int, port: int, kind: str, recipe: RunRecipe, thr
         fit(run, FollowerHooks(parallel))
     finally:
         dist.destroy_process_group()
+
+
+def injected_oom_step(settings: Settings, rank: int) -> int | None:
+    """The step at which this rank raises a CUDA out-of-memory error (tests only), or None."""
+    return settings.test_oom_at_step if settings.test_oom_rank == rank else None
 
 
 def _die_with(parent: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,19 +118,25 @@ def fit(run: Run, hooks: RunHooks) -> FitState:
 def train_step(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor, hooks: RunHooks | None = None) -> float:
     """One optimizer step on one batch, in `run.micro_batches` micro-batches whose gradients add up to the whole
     batch's; returns the batch's mean training loss (weighted and smoothed as the spec says). A CUDA out-of-memory
-    error in the forward or backward passes halves the micro-batch and redoes the step (reported through `hooks`)."""
+    error in the forward or backward passes (on any of the job's devices) halves the micro-batch and redoes the step
+    (reported through `hooks`). On several devices the gradients are averaged across ranks once the passes are done."""
     inputs, labels = to_device(inputs, run.device), labels.to(run.device, non_blocking=True)
     rng = random_state(run.device)
     while True:
+        out_of_memory = False
         try:
             batch_loss = accumulate_gradients(run, inputs, labels)
-            break
         except torch.cuda.OutOfMemoryError:
-            pass  # recover outside this block: until it ends, the error's traceback holds the failed pass's tensors
-        message = halve_micro_batch(run)
+            out_of_memory = True  # recover outside this block: until it ends, the traceback holds the pass's tensors
+        ranks = ranks_out_of_memory(run, out_of_memory)
+        if not ranks:
+            break
+        message = halve_micro_batch(run, ranks)  # on several devices, every rank halves and redoes the step
         restore_random_state(run.device, rng)  # the redone step draws the same dropout as a first try would
         if hooks is not None:
             hooks.event("out_of_memory", message)
+    if run.parallel:
+        run.parallel.average_gradients(run.trainable)
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients
     if run.hp.max_grad_norm is not None:
@@ -150,13 +155,10 @@ def accumulate_gradients(run: Run, inputs: dict[str, torch.Tensor], labels: torc
     run.optimizer.zero_grad(set_to_none=True)
     weights, smoothing = run.class_weights, run.hp.label_smoothing
     total = run.parallel.normalizer(labels, weights) if run.parallel else normalizer(labels, weights)
-    model = run.parallel.module if run.parallel else run.model  # DDP averages gradients across ranks
     batch_loss = 0.0
-    parts = micro_batches(inputs, labels, run.micro_batches)
-    for i, (part, part_labels) in enumerate(parts):
-        last = i == len(parts) - 1
-        with autocast(run.device, run.precision), run.parallel.sync(last) if run.parallel else nullcontext():
-            logits = model(**part).logits
+    for part, part_labels in micro_batches(inputs, labels, run.micro_batches):
+        with autocast(run.device, run.precision):
+            logits = run.model(**part).logits
         loss = summed_loss(logits, part_labels, weights, smoothing) / total
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         batch_loss += loss.item()
@@ -166,32 +168,43 @@ def accumulate_gradients(run: Run, inputs: dict[str, torch.Tensor], labels: torc
     return batch_loss
 
 
-def halve_micro_batch(run: Run) -> str:
-    """After an out-of-memory error: twice as many micro-batches, each half as large; the batch, its gradient and the
-    schedule stay what they were. Fails the job when a micro-batch of one example did not fit."""
-    step, before = run.state.step + 1, math.ceil(run.batch_size / run.micro_batches)
+def halve_micro_batch(run: Run, ranks: list[int]) -> str:
+    """After an out-of-memory error (on `ranks`): twice as many micro-batches, each half as large; the batch, its
+    gradient and the schedule stay what they were. Fails the job when a micro-batch of one example did not fit."""
+    step, before = run.state.step + 1, micro_batch_rows(run)
     run.optimizer.zero_grad(set_to_none=True)
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
-    if run.parallel is not None:  # the ranks would have to agree on the halving; until they do, say what to change
-        raise JobFailed(
-            f"CUDA out of memory at step {step} on one of the job's {run.parallel.world} devices (micro-batches of "
-            f"{before} examples): set hyperparameters.gradient_accumulation_steps to "
-            f"{run.micro_batches * 2} or more, or use a smaller batch_size, max_length or image_size"
-        )
+    where, each = "", ""
+    if run.parallel is not None:
+        where = f" on device{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {run.parallel.world}"
+        each = " per device"
     if before <= 1:
         raise JobFailed(
-            f"CUDA out of memory at step {step} with a micro-batch of one example: this model does not fit the "
-            "GPU's memory at this input size; use a smaller max_length or image_size, an adapter or a frozen "
-            "backbone, or a pool with larger GPUs"
+            f"CUDA out of memory at step {step}{where} with a micro-batch of one example{each}: this model does not "
+            "fit the GPU's memory at this input size; use a smaller max_length or image_size, an adapter or a "
+            "frozen backbone, or a pool with larger GPUs"
         )
     run.state.micro_batches = run.micro_batches * 2
-    after = math.ceil(run.batch_size / run.micro_batches)
     return (
-        f"CUDA out of memory at step {step} with micro-batches of {before} examples: redoing the step in "
-        f"{run.micro_batches} micro-batches of {after} (gradient accumulation {run.micro_batches}); batch_size "
-        f"{run.batch_size}, the gradient and the schedule are unchanged"
+        f"CUDA out of memory at step {step}{where} with micro-batches of {before} examples{each}: redoing the step "
+        f"in {run.micro_batches} micro-batches of {micro_batch_rows(run)}{each} (gradient accumulation "
+        f"{run.micro_batches}); batch_size {run.batch_size}, the gradient and the schedule are unchanged"
     )
+
+
+def ranks_out_of_memory(run: Run, mine: bool) -> list[int]:
+    """The job's devices that ran out of memory in this step's passes (on several devices every rank learns the
+    same list, so all of them redo the step or none does)."""
+    if run.parallel is not None:
+        return run.parallel.ranks_out_of_memory(mine)
+    return [0] if mine else []
+
+
+def micro_batch_rows(run: Run) -> int:
+    """Examples in one micro-batch on one device (a full batch)."""
+    devices = run.parallel.world if run.parallel else 1
+    return math.ceil(run.batch_size / devices / run.micro_batches)
 
 
 def random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from app.deps import check_key_before_body, known_predict_key
 from app.errors import AppError
 from app.fleet.router import router as pools_router
 from app.inference.cache import ModelCache
+from app.inference.memory import freeze_long_lived
 from app.inference.router import router as predict_router
 from app.inference.service import Serving
 from app.inference.traffic import TrafficCounters
@@ -148,6 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.metrics_registry = CollectorRegistry(auto_describe=False)
         app.state.metrics_registry.register(ServiceCollector(app.state.db, app.state.stream_hub))
+        gc.collect()
+        freeze_long_lived()  # what the process has imported stays out of the collections requests trigger
         yield
         await app.state.stream_hub.close()
         app.state.model_cache.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, PreparingCounter
+from app.inference.memory import collect_released, freeze_long_lived
 from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
 from app.observability.metrics import observe_model_load
 from app.tasktypes.calibration import load_temperature
@@ -177,7 +179,7 @@ class ModelCache:
             loaded = load_served_model(model_id, folder_for(), runtime, runtime_folder, self.threads)
             observe_model_load(ahead)
             loaded.batcher = Batcher(
-                loaded.forward,
+                _weak_forward(loaded),  # the batcher must not keep its model alive: no cycle to collect
                 max_batch=self.max_batch,
                 max_wait_s=self.max_wait_s,
                 others_preparing=self.preparing.busy,
@@ -185,16 +187,17 @@ class ModelCache:
                 threads=self.threads,
                 name=f"batcher-{model_id[:8]}-{runtime}",
             )
+            freeze_long_lived()  # the model's objects stay out of the collections requests trigger
+            evicted = []
             with self._lock:
                 self._models[key] = loaded
                 self._owner[key] = team_id
                 while len(self._models) > self.size:
                     victim = self._victim(team_id, key)
-                    evicted = self._models.pop(victim)
+                    evicted.append(self._models.pop(victim))
                     self._owner.pop(victim, None)
-                    if evicted.batcher is not None:
-                        evicted.batcher.close()
                 self._loading.pop(key, None)
+            self._release(evicted)
             return loaded
 
     def _victim(self, requester: str, loading: str) -> str:
@@ -241,9 +244,7 @@ class ModelCache:
             gone = [self._models.pop(k) for k in keys]
             for k in keys:
                 self._owner.pop(k, None)
-        for loaded in gone:
-            if loaded.batcher is not None:
-                loaded.batcher.close()
+        self._release(gone)
 
     def close(self) -> None:
         """Stop every batcher thread once its pending requests are served (app shutdown)."""
@@ -251,3 +252,37 @@ class ModelCache:
             for loaded in self._models.values():
                 if loaded.batcher is not None:
                     loaded.batcher.close()
+
+    @staticmethod
+    def _release(models: list[LoadedModel]) -> None:
+        """Unloaded models: their batchers end once idle, and each model is freed by reference counting when the
+        last request holding it ends (its batcher holds it weakly). One still alive now may sit in a cycle among
+        frozen objects, which no collection would visit: then one full collection (app/inference/memory.py)."""
+        if not models:
+            return
+        _close_batchers(models)
+        left = [weakref.ref(loaded) for loaded in models]
+        models.clear()
+        if any(ref() is not None for ref in left):
+            collect_released()
+
+
+def _weak_forward(loaded: LoadedModel) -> Callable[[Any], torch.Tensor]:
+    """`loaded.forward` without a reference to `loaded`: a request whose inputs wait in the batcher holds the model
+    (PreparedRequest.loaded), so it is alive whenever its batcher runs."""
+    method, model_id = weakref.WeakMethod(loaded.forward), loaded.model_id
+
+    def forward(encoded: Any) -> torch.Tensor:
+        bound = method()
+        if bound is None:
+            raise RuntimeError(f"model {model_id} was unloaded while a request waited for it")
+        return bound(encoded)
+
+    return forward
+
+
+def _close_batchers(models: list[LoadedModel]) -> None:
+    """(A function of its own, so that no loop variable of the caller still holds a model while it collects.)"""
+    for loaded in models:
+        if loaded.batcher is not None:
+            loaded.batcher.close()

@@ -1,0 +1,66 @@
+"""The API process and Python's garbage collector (app/inference/memory.py): what the process imported and loaded is
+frozen out of the collections that requests trigger, and a model that leaves the cache is still freed."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import shutil
+import weakref
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.inference.cache import LoadedModel, ModelCache
+from app.main import create_app
+from app.tasktypes.common import Preprocessing
+
+
+@pytest.fixture(autouse=True)
+def unfrozen():
+    """This test process's objects go back to the collector after each test (the service's processes stay frozen)."""
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(scope="module")
+def served_folder(tmp_path_factory, models_dir: Path) -> Path:
+    """A text classifier folder as the registry stores one (tiny BERT, two labels, its preprocessing file)."""
+    folder = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(models_dir / "tiny-bert", folder)
+    Preprocessing("text_classification", ["neg", "pos"], max_length=16).save(folder)
+    return folder
+
+
+def test_the_app_freezes_what_it_imported_once_started(tmp_path: Path) -> None:
+    gc.unfreeze()
+    with TestClient(create_app(Settings(var_dir=tmp_path))) as client:
+        assert client.get("/healthz").status_code == 200
+        # torch, transformers, FastAPI and the app: hundreds of thousands of objects no collection walks again
+        assert gc.get_freeze_count() > 100_000
+
+
+async def _predict(loaded: LoadedModel) -> list[list[int]]:
+    assert loaded.batcher is not None
+    result = await loaded.batcher.submit(loaded.encode(["a short text", "another one"]), 2, 1)
+    return result.indices
+
+
+def test_a_model_that_leaves_the_cache_is_freed_though_frozen(served_folder: Path) -> None:
+    cache = ModelCache(1, threads=1)
+    try:
+        first = cache.get("first", lambda: served_folder, "team")
+        assert gc.get_freeze_count() > 0  # its objects were frozen after the load
+        assert len(asyncio.run(_predict(first))) == 2  # its batcher thread ran a forward pass
+        model, loaded = weakref.ref(first.model), weakref.ref(first)
+        del first
+        second = cache.get("second", lambda: served_folder, "team")  # evicts the first
+        assert cache.loaded_ids() == ["second"]
+        assert loaded() is None and model() is None  # its weights went back, frozen or not
+        assert len(asyncio.run(_predict(second))) == 2
+        cache.discard("second")
+        assert cache.loaded_ids() == []
+    finally:
+        cache.close()

@@ -1,11 +1,14 @@
-"""The API process and Python's garbage collector (app/inference/memory.py): what the process imported and loaded is
-frozen out of the collections that requests trigger, and a model that leaves the cache is still freed."""
+"""The API process's hot path: nothing costs a /predict request a hop to the threadpool when its key, routes and model
+are in memory, and Python's garbage collector (app/inference/memory.py) leaves out what the process imported and
+loaded, while a model that leaves the cache is still freed."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import shutil
+import typing
 import weakref
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.inference.cache import LoadedModel, ModelCache
+from app.inference.router import predict_endpoint
 from app.main import create_app
 from app.tasktypes.common import Preprocessing
 
@@ -32,6 +36,20 @@ def served_folder(tmp_path_factory, models_dir: Path) -> Path:
     shutil.copytree(models_dir / "tiny-bert", folder)
     Preprocessing("text_classification", ["neg", "pos"], max_length=16).save(folder)
     return folder
+
+
+def test_predict_and_the_app_wide_dependencies_run_on_the_event_loop(tmp_path: Path) -> None:
+    """FastAPI runs a sync (`def`) dependency in its threadpool: for /predict that is a hop there and back per request,
+    on top of the batcher's."""
+    app = create_app(Settings(var_dir=tmp_path))
+    for dependency in app.router.dependencies:
+        assert inspect.iscoroutinefunction(dependency.dependency), dependency.dependency
+    assert inspect.iscoroutinefunction(predict_endpoint)
+    hints = typing.get_type_hints(predict_endpoint, include_extras=True)
+    calls = [marker.dependency for hint in hints.values() for marker in getattr(hint, "__metadata__", ())]
+    assert calls, "the bearer credentials are a dependency"
+    for call in calls:
+        assert inspect.iscoroutinefunction(getattr(call, "__call__", call)), call  # HTTPBearer's is async
 
 
 def test_the_app_freezes_what_it_imported_once_started(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from app.inference.router import PredictResponse
 from tests.conftest import wait_for_job
 from tests.factories import text_csv
 
@@ -62,6 +63,11 @@ def test_one_request_at_a_time_is_a_batch_of_its_own(client, text_model):
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-batch-requests"] == "1"
     assert answer.headers["x-batch-size"] == "3"
+    # the body is built by the handler, not checked by FastAPI: it must still be the documented schema, all of it
+    body = answer.json()
+    assert PredictResponse.model_validate(body).model_dump(mode="json") == body
+    assert body["model_id"] == text_model and body["runtime"] == "torch" and body["temperature"] is None
+    assert [len(ranked) for ranked in body["predictions"]] == [1, 1, 1]
 
 
 def test_concurrent_requests_are_merged_and_answered_as_alone(service, key, client, text_model):

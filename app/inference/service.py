@@ -231,14 +231,12 @@ def answer(prepared: PreparedRequest, result: BatchResult) -> dict:
         [{"label": labels[i], "score": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
         for ps, ids in zip(result.scores, result.indices, strict=True)
     ]
-    body: dict[str, Any] = {
+    return {
         "model_id": prepared.model_id,
         "runtime": prepared.loaded.runtime,
         "predictions": predictions,
+        "temperature": prepared.temperature,  # null unless calibrated scores were asked for
     }
-    if prepared.temperature is not None:
-        body["temperature"] = prepared.temperature
-    return body
 
 
 def check_inputs(texts: list[str] | None, images: list[bytes] | None, limits: InputLimits) -> None:

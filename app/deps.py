@@ -69,10 +69,23 @@ def authenticate_for_predict(
     """As authenticate_request, and the caller is remembered for the next /predict requests with this key (for at most
     FINETUNE_PREDICT_LOOKUP_TTL_SECONDS: a key revoked meanwhile is refused once that has passed)."""
     caller = authenticate_request(session, request, credentials)
-    # A copy of the team outside the session: a rollback of this request's session expires the row it loaded.
-    team = Team(id=caller.team.id, name=caller.team.name)
-    request.app.state.predict_keys.put(bearer_key(credentials), replace(caller, team=team))
+    request.app.state.predict_keys.put(bearer_key(credentials), _detached(caller))
     return caller
+
+
+def _detached(caller: Caller) -> Caller:
+    """A copy with the team outside the session: a rollback of the session expires the row it loaded."""
+    return replace(caller, team=Team(id=caller.team.id, name=caller.team.name))
+
+
+def refresh_predict_caller(state: Any, session: Session, key: str, token: int) -> None:
+    """Look a remembered /predict key up again (refresh ahead, app/ttl_cache.py): revoked or expired, it is forgotten,
+    and its next request is answered 401 by the usual path."""
+    try:
+        caller: Caller | None = _detached(authenticate(session, key))
+    except Unauthorized:
+        caller = None
+    state.predict_keys.refreshed(key, caller, token)
 
 
 def recent_predict_caller(state: Any, key: str) -> Caller | None:

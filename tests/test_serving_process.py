@@ -1,6 +1,7 @@
 """The API process's hot path: nothing costs a /predict request a hop to the threadpool when its key, routes and model
-are in memory, and Python's garbage collector (app/inference/memory.py) leaves out what the process imported and
-loaded, while a model that leaves the cache is still freed."""
+are in memory, and those lookups are refreshed ahead of their expiry (app/ttl_cache.py); Python's garbage collector
+(app/inference/memory.py) leaves out what the process imported and loaded, while a model that leaves the cache is
+still freed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.inference.cache import LoadedModel, ModelCache
 from app.inference.router import predict_endpoint
 from app.main import create_app
 from app.tasktypes.common import Preprocessing
+from app.ttl_cache import TtlCache
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +85,49 @@ def test_a_model_that_leaves_the_cache_is_freed_though_frozen(served_folder: Pat
         assert cache.loaded_ids() == []
     finally:
         cache.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lookup_is_refreshed_ahead_once_and_still_expires_at_its_ttl() -> None:
+    clock = Clock()
+    cache: TtlCache[str] = TtlCache(1.0, clock=clock)
+    cache.put("key", "team-a")
+    clock.now = 0.4
+    assert cache.refresh_due("key") is None  # young
+    clock.now = 0.6
+    token = cache.refresh_due("key")
+    assert token is not None and cache.refresh_due("key") is None  # one refresh at a time
+    assert cache.get("key") == "team-a"  # the others go on with what is in memory
+    clock.now = 0.7
+    cache.refreshed("key", "team-a", token)
+    clock.now = 1.5
+    assert cache.get("key") == "team-a"  # refreshed at 0.7: trusted until 1.7
+    clock.now = 1.7
+    assert cache.get("key") is None  # a refresh that never lands does not extend the bound
+    # A refresh that finds the key revoked drops it: the next request looks it up and is refused.
+    cache.put("key", "team-a")
+    clock.now = 2.3
+    token = cache.refresh_due("key")
+    assert token is not None
+    cache.refreshed("key", None, token)
+    assert cache.get("key") is None and cache.stale("key") is None
+
+
+def test_a_refresh_that_began_before_an_invalidation_is_ignored() -> None:
+    clock = Clock()
+    cache: TtlCache[str] = TtlCache(1.0, clock=clock)
+    cache.put(("team", "production"), "model-a")
+    clock.now = 0.5
+    token = cache.refresh_due(("team", "production"))
+    assert token is not None  # it reads the alias: still model-a
+    cache.discard(lambda key: key[0] == "team")  # the alias moves through this process meanwhile
+    cache.put(("team", "production"), "model-b")
+    cache.refreshed(("team", "production"), "model-a", token)
+    assert cache.get(("team", "production")) == "model-b"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -15,17 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import authenticate_for_predict, bearer, bearer_key, client_address, recent_predict_caller
+from app.deps import (
+    authenticate_for_predict,
+    bearer,
+    bearer_key,
+    client_address,
+    recent_predict_caller,
+    refresh_predict_caller,
+)
 from app.errors import InvalidInput
 from app.inference import service
 from app.input_limits import InputLimits
 from app.teams.scopes import Scope
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
 # Only the bearer header is a dependency: what needs the database happens in the handler's one worker-thread hop, and
 # nothing does when the key, the routes and the model are in memory.
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-_shadows: set[asyncio.Task] = set()
+_background: set[asyncio.Task] = set()  # shadow answers and lookup refreshes under way
 # A body parsed on the event loop is small (a few texts); a larger one is parsed in a worker thread.
 IN_MEMORY_BODY_BYTES = 64 * 1024
 
@@ -98,7 +107,7 @@ async def _read(request: Request) -> bytes | tuple[dict, list[bytes]]:
 
 def _prepare(
     request: Request, team_id: str, raw: bytes | tuple[dict, list[bytes]], session: Session | None
-) -> tuple[service.PreparedRequest, int]:
+) -> tuple[service.PreparedRequest, PredictRequest]:
     if session is None and not isinstance(raw, tuple) and b'"images"' in raw:
         raise service.NeedsThread  # base64 to decode: not on the event loop
     body, images = _parse(raw)
@@ -113,7 +122,7 @@ def _prepare(
         body.routing_key,
         body.calibrated,
     )
-    return prepared, body.top_k
+    return prepared, body
 
 
 def _prepare_in_memory(
@@ -127,9 +136,41 @@ def _prepare_in_memory(
         return None
     team = caller.require(Scope.predict)
     try:
-        return _prepare(request, team.id, raw, None)
+        prepared, body = _prepare(request, team.id, raw, None)
     except service.NeedsThread:
         return None
+    _refresh_ahead(request.app.state, key, team.id, body.model)
+    return prepared, body.top_k
+
+
+def _refresh_ahead(state: Any, key: str, team_id: str, model_ref: str | None) -> None:
+    """When the key's or the routes' entry is half its ttl old, look them up again in a worker thread while this and
+    the next requests go on with what is in memory (app/ttl_cache.py)."""
+    key_token = state.predict_keys.refresh_due(key)
+    routes_token = state.serving.routes.refresh_due(service.routes_key(team_id, model_ref))
+    if key_token is None and routes_token is None:
+        return
+    refresh = run_in_threadpool(_refresh, state, key, key_token, team_id, model_ref, routes_token)
+    task = asyncio.get_running_loop().create_task(refresh)
+    _background.add(task)  # held until done (the loop keeps only a weak reference)
+    task.add_done_callback(_background.discard)
+
+
+def _refresh(
+    state: Any, key: str, key_token: int | None, team_id: str, model_ref: str | None, routes_token: int | None
+) -> None:
+    try:
+        with state.db.session() as session:
+            if key_token is not None:
+                refresh_predict_caller(state, session, key, key_token)
+            if routes_token is not None:
+                state.serving.refresh(session, team_id, model_ref, routes_token)
+    except Exception:  # the database away: forget both, so that the next request looks up itself and says why
+        log.warning("could not refresh a /predict lookup", exc_info=True)
+        if key_token is not None:
+            state.predict_keys.refreshed(key, None, key_token)
+        if routes_token is not None:
+            state.serving.routes.refreshed(service.routes_key(team_id, model_ref), None, routes_token)
 
 
 def _authorize_and_prepare(
@@ -138,7 +179,8 @@ def _authorize_and_prepare(
     """Everything that blocks, in one worker thread: the key, the body, the model lookup, loading, decoding."""
     with request.app.state.db.session() as session:
         team = authenticate_for_predict(session, request, credentials).require(Scope.predict)
-        return _prepare(request, team.id, raw, session)
+        prepared, body = _prepare(request, team.id, raw, session)
+        return prepared, body.top_k
 
 
 @router.post(
@@ -169,8 +211,8 @@ async def predict_endpoint(request: Request, credentials: BearerCredentials) -> 
     service.record(serving, prepared, time.monotonic() - started)
     if prepared.routes is not None and prepared.routes.shadow is not None:
         task = asyncio.create_task(service.shadow(serving, prepared, result))
-        _shadows.add(task)  # held until done (the loop keeps only a weak reference)
-        task.add_done_callback(_shadows.discard)
+        _background.add(task)  # held until done (the loop keeps only a weak reference)
+        task.add_done_callback(_background.discard)
     # Built here rather than validated against PredictResponse by FastAPI (the schema the docs show): the body is
     # ours, and the check cost every request a validation and a serialization pass.
     headers = {"X-Batch-Size": str(result.batch_size), "X-Batch-Requests": str(result.batch_requests)}

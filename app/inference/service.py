@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.layout import runtime_key
 from app.artifacts.store import ArtifactStore
-from app.errors import InvalidInput
+from app.errors import AppError, InvalidInput
 from app.image_files import ImageRefused, image_pixels, open_image
 from app.inference.batcher import BatchResult
 from app.inference.cache import LoadedModel, ModelCache
@@ -54,6 +54,11 @@ class PreparedRequest:
         return self.loaded.batcher.submit(self.encoded, self.count, top_k, self.temperature or 1.0)
 
 
+def routes_key(team_id: str, ref: str | None) -> tuple[str, str]:
+    """The routes cache's key of a team's model reference (a model id or an alias; none: the default alias)."""
+    return (team_id, ref or DEFAULT_ALIAS)
+
+
 @dataclass
 class Serving:
     """One API process's serving state: loaded models, the routes it trusts for `routes.ttl`, the traffic counts."""
@@ -84,7 +89,7 @@ class Serving:
 
     def resolve(self, session: Session | None, team_id: str, ref: str | None) -> Routes:
         """The routes of a model reference: from memory, else (with a session) from the database."""
-        key = (team_id, ref or DEFAULT_ALIAS)
+        key = routes_key(team_id, ref)
         routes = self.routes.get(key)
         if routes is None:
             if session is None:
@@ -92,6 +97,16 @@ class Serving:
             routes = self._keep_warm(key, team_id, resolve_routes(session, team_id, ref))
             self.routes.put(key, routes)
         return routes
+
+    def refresh(self, session: Session, team_id: str, ref: str | None, token: int) -> None:
+        """Resolve a model reference again (refresh ahead, app/ttl_cache.py); gone, it is forgotten and its next
+        request answers why."""
+        key = routes_key(team_id, ref)
+        try:
+            routes: Routes | None = self._keep_warm(key, team_id, resolve_routes(session, team_id, ref))
+        except AppError:
+            routes = None
+        self.routes.refreshed(key, routes, token)
 
     def _keep_warm(self, key: tuple[str, str], team_id: str, routes: Routes) -> Routes:
         """The routes to serve now: `routes`, unless they name a model this process has not loaded while the previous

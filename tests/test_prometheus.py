@@ -105,6 +105,10 @@ def test_counters_move_by_what_was_done(service, key, text_dataset):
             answer = client.call("POST", "/predict", "/predict", json={"model": model_id, "texts": texts})
             assert answer.status_code == 200, answer.text
         assert client.call("GET", "/jobs/{job_id}", "/jobs/nope").status_code == 404
+        # Refused before routing (by the request-limits middleware): still counted under the route's template.
+        wrong = {"Authorization": "Bearer ftk_wrong"}
+        assert client.call("POST", "/predict", "/predict", json={"texts": ["x"]}, headers=wrong).status_code == 401
+        assert client.call("POST", "/jobs/{job_id}/cancel", "/jobs/x/cancel", headers=wrong).status_code == 401
     after, text = scrape(service)
 
     for (method, route, status), count in client.counts.items():

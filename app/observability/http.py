@@ -6,6 +6,8 @@ scanner probing random paths adds one series ("unmatched"), not one per path."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,14 +25,31 @@ def route_template(scope: Scope) -> str:
     if route is not None and hasattr(route, "path"):
         return route.path
     app = scope.get("app")
+    full, partial = _match(getattr(getattr(app, "router", None), "routes", ()), scope)
+    return full or partial or UNMATCHED
+
+
+def _match(routes: Iterable[Any], scope: Scope) -> tuple[str | None, str | None]:
+    """(The template of the route matching path and method, that of the first matching the path only: a 405.)
+    FastAPI keeps an included router whole (`original_router`): its routes are searched in turn."""
     partial = None
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+    for candidate in routes:
+        inner = getattr(candidate, "original_router", None)
+        if inner is not None:
+            full, inner_partial = _match(inner.routes, scope)
+            if full is not None:
+                return full, None
+            partial = partial or inner_partial
+            continue
+        path = getattr(candidate, "path", None)
+        if path is None:
+            continue
         match, _ = candidate.matches(scope)
         if match == Match.FULL:
-            return candidate.path
+            return path, None
         if match == Match.PARTIAL and partial is None:
-            partial = candidate.path  # the path exists, the method does not (a 405)
-    return partial or UNMATCHED
+            partial = path
+    return None, partial
 
 
 class RequestMetrics:

@@ -9,14 +9,17 @@ import asyncio
 import gc
 import inspect
 import shutil
+import time
 import typing
 import weakref
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.inference.batcher import Batcher
 from app.inference.cache import LoadedModel, ModelCache
 from app.inference.router import predict_endpoint
 from app.main import create_app
@@ -131,3 +134,37 @@ def test_a_refresh_that_began_before_an_invalidation_is_ignored() -> None:
     cache.put(("team", "production"), "model-b")
     cache.refreshed(("team", "production"), "model-a", token)
     assert cache.get(("team", "production")) == "model-b"
+
+
+def test_the_batcher_waits_for_the_clients_it_just_answered_and_a_lone_client_never_waits() -> None:
+    """Closed-loop clients come back right after their answers: the next batch waits (up to max_wait) for as many as
+    the last one answered, instead of running the first to arrive alone while the others queue behind it."""
+    sizes: list[int] = []
+
+    def forward(texts: list[str]) -> torch.Tensor:
+        sizes.append(len(texts))
+        return torch.zeros(len(texts), 2)
+
+    preparing = [True]
+    batcher = Batcher(forward, max_batch=4, max_wait_s=2.0, others_preparing=lambda: preparing[0])
+
+    async def scenario() -> float:
+        # four requests in flight together (a batch closes at max_batch 4)
+        await asyncio.gather(*(batcher.submit(["text"], 1, 1) for _ in range(4)))
+        preparing[0] = False
+        # their clients come back one after another: one batch again
+        first = batcher.submit(["text"], 1, 1)
+        await asyncio.sleep(0.3)
+        await asyncio.gather(first, *(batcher.submit(["text"], 1, 1) for _ in range(3)))
+        # a client alone: after its answer, its next request runs at once (the 2 s max_wait would show)
+        await batcher.submit(["text"], 1, 1)  # waits for the four it expects, then runs alone
+        started = time.monotonic()
+        await batcher.submit(["text"], 1, 1)
+        return time.monotonic() - started
+
+    try:
+        lone = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert sizes == [4, 4, 1, 1], sizes
+    assert lone < 1.0, lone

@@ -2,9 +2,10 @@
 
 Each served model has a batcher: a queue and a few worker threads. A request submits its already-encoded
 inputs and awaits an asyncio future (it holds no threadpool thread while it waits). A worker takes the first
-pending request, keeps collecting for at most `max_wait_s` (or until `max_batch` inputs, or until no other
-request is still being prepared), runs one forward pass over the merged inputs and hands each request its own
-top-k. The forward releases the GIL, so the event loop keeps parsing requests while it runs.
+pending request and keeps collecting for at most `max_wait_s`, until `max_batch` inputs, while another request is
+still being prepared, or while fewer requests wait than it expects (those the last forward pass answered, whose
+clients often come straight back: see `_expected_requests`), runs one forward pass over the merged inputs and hands
+each request its own top-k. The forward releases the GIL, so the event loop keeps parsing requests while it runs.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class Batcher:
         self._alive = 0  # worker threads running
         self._collecting = False  # one worker at a time gathers the next batch
         self._closing = False
+        self._answered = 0  # requests the last forward pass answered
+        self._answered_at = 0.0  # when (monotonic)
 
     def submit(self, encoded: Encoded, size: int, top_k: int, temperature: float = 1.0) -> asyncio.Future[BatchResult]:
         """Queue `size` encoded inputs; the future resolves with their top-k classes, scored by
@@ -147,7 +150,8 @@ class Batcher:
                 self._cond.wait()
             self._collecting = True
             deadline = time.monotonic() + self.max_wait_s
-            while self._pending_inputs < self.max_batch and self.others_preparing():
+            expected = self._expected_requests()
+            while self._pending_inputs < self.max_batch and (self.others_preparing() or len(self._pending) < expected):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -156,6 +160,15 @@ class Batcher:
             self._collecting = False
             self._cond.notify_all()  # another worker may gather what is left, or what comes next
             return batch
+
+    def _expected_requests(self) -> int:
+        """How many requests the next batch may expect (called under the lock): those already waiting that were
+        queued before the last forward pass answered, plus the requests it answered, whose clients often send their
+        next one at once. A lone client's next request comes after its answer, so it expects only itself and never
+        waits; steady concurrent clients, which would otherwise settle into two half batches taking turns (one
+        queued while the other runs), come back together within `max_wait_s`."""
+        earlier = sum(1 for p in self._pending if p.queued_at < self._answered_at)
+        return earlier + self._answered
 
     def _take(self) -> list[_Pending]:
         """Pending requests up to max_batch inputs (at least one request, however large; called under the lock)."""
@@ -199,9 +212,10 @@ class Batcher:
             start += p.size
         self._resolve(batch, results)
 
-    @staticmethod
-    def _resolve(batch: list[_Pending], outcomes: list[BatchResult | BaseException]) -> None:
+    def _resolve(self, batch: list[_Pending], outcomes: list[BatchResult | BaseException]) -> None:
         """Complete the futures: one wake-up per event loop, not one per request."""
+        with self._cond:
+            self._answered, self._answered_at = len(batch), time.monotonic()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for p, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(p.loop, []).append((p.future, outcome))

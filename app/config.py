@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description='"json": one JSON object per log line, with the request id (API and uvicorn logs)'
     )
+    access_log: bool = Field(
+        False,
+        description="one log line per HTTP request (uvicorn's access log); off by default: GET /metrics counts requests "
+        "by route and status, errors are logged with their request id, and the line costs /predict about 0.2 ms",
+    )
     metrics_token: str | None = Field(
         None, description="if set, GET /metrics asks for it as a bearer token; unset, /metrics is open (no team data)"
     )

@@ -118,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API application for `settings` (default: from the environment)."""
     settings = settings or get_settings()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.access_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -164,3 +164,14 @@ def test_json_logs_carry_the_request_id(tmp_path: Path, capsys):
 def configure_text_logging() -> None:
     """Undo the JSON handler for the rest of the test session."""
     logging.getLogger().handlers = []
+
+
+def test_the_access_log_is_off_unless_asked_for(tmp_path: Path) -> None:
+    access = logging.getLogger("uvicorn.access")
+    try:
+        create_app(Settings(var_dir=tmp_path))
+        assert access.disabled and not access.isEnabledFor(logging.CRITICAL)
+        create_app(Settings(var_dir=tmp_path, access_log=True))
+        assert not access.disabled
+    finally:
+        access.disabled = False

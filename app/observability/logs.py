@@ -29,8 +29,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(log_format: str) -> None:
-    """JSON lines on stderr for the app's loggers and uvicorn's (its access log too); "text" leaves logging as is."""
+def configure_logging(log_format: str, access_log: bool = True) -> None:
+    """JSON lines on stderr for the app's loggers and uvicorn's (its access log too); "text" leaves logging as is.
+    Without `access_log`, uvicorn's line per request is off."""
+    logging.getLogger("uvicorn.access").disabled = not access_log
     if log_format != "json":
         return
     handler = logging.StreamHandler(sys.stderr)

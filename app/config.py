@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1, description="How many served models stay loaded at once")
     predict_max_batch: int = Field(64, ge=1, description="Most inputs one /predict forward pass merges")
     predict_max_wait_ms: float = Field(5, ge=0, description="How long a /predict batch waits for more requests")
-    predict_workers: int = Field(1, ge=1, description="Forward passes per served model that may run at once")
+    predict_workers: int = Field(
+        1, ge=1, description="/predict forward passes that may run at once in one API process (all models share them)"
+    )
     predict_threads: int | None = Field(
         None,
         ge=1,

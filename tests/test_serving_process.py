@@ -171,13 +171,25 @@ def test_the_batcher_waits_for_the_clients_it_just_answered_and_a_lone_client_ne
     assert lone < 1.0, lone
 
 
-def test_warming_a_model_runs_on_its_batchers_thread(served_folder: Path) -> None:
-    """Where its requests' forward passes will run: a forward on another thread left that thread's math-library
-    threads behind and made the batcher's single requests 2.4x slower."""
-    cache = ModelCache(1, threads=1)
+def test_every_models_forward_passes_and_warm_ups_run_on_the_same_threads(served_folder: Path) -> None:
+    """Where requests' forward passes run: a forward on another thread (a warm-up on the alias move's, a second model's
+    batcher) left that thread's math-library threads behind and made single requests 2.4x slower."""
+    cache = ModelCache(2, threads=1)
+    ran_on: set[str] = set()
     try:
-        loaded = cache.warm("warmed", lambda: served_folder, "team")
-        assert loaded.batcher is not None
-        assert any(t.name.startswith(loaded.batcher.name) for t in threading.enumerate())
+        for name in ("first", "second"):
+            loaded = cache.warm(name, lambda: served_folder, "team")
+            assert loaded.batcher is not None and loaded.batcher.shared is cache.forward_threads
+            run = loaded.run
+            assert run is not None
+
+            def noting(inputs, run=run):
+                ran_on.add(threading.current_thread().name)
+                return run(inputs)
+
+            loaded.run = noting
+            assert len(asyncio.run(_predict(loaded))) == 2
+        assert ran_on == {"predict-forward-0"}
+        assert cache.forward_threads.started == 1
     finally:
         cache.close()

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from app.errors import InvalidInput
-from app.inference.batcher import Batcher, PreparingCounter
+from app.inference.batcher import Batcher, ForwardThreads, PreparingCounter
 from app.inference.memory import collect_released, freeze_long_lived
 from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
 from app.observability.metrics import observe_model_load
@@ -153,14 +153,15 @@ class ModelCache:
         workers: int = 1,
         threads: int | None = None,
     ) -> None:
-        """`workers` forward passes per model may run at once, each on `threads` torch threads (default: all
-        cores); a batch merges up to `max_batch` inputs, waiting at most `max_wait_ms` for company."""
+        """`workers` forward passes may run at once (on threads all models share), each on `threads` torch threads
+        (default: all cores); a batch merges up to `max_batch` inputs, waiting at most `max_wait_ms` for company."""
         self.size = size
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.workers = workers
         self.threads = threads or default_forward_threads()
         self.preparing = PreparingCounter()
+        self.forward_threads = ForwardThreads(workers, self.threads)  # every model's forward passes
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._owner: dict[str, str] = {}  # model id -> the team that asked for it
         self._lock = threading.Lock()
@@ -196,9 +197,8 @@ class ModelCache:
                 max_batch=self.max_batch,
                 max_wait_s=self.max_wait_s,
                 others_preparing=self.preparing.busy,
-                workers=self.workers,
-                threads=self.threads,
                 name=f"batcher-{model_id[:8]}-{runtime}",
+                shared=self.forward_threads,
             )
             freeze_long_lived()  # the model's objects stay out of the collections requests trigger
             evicted = []
@@ -260,11 +260,8 @@ class ModelCache:
         self._release(gone)
 
     def close(self) -> None:
-        """Stop every batcher thread once its pending requests are served (app shutdown)."""
-        with self._lock:
-            for loaded in self._models.values():
-                if loaded.batcher is not None:
-                    loaded.batcher.close()
+        """Stop the forward threads once the pending requests are served (app shutdown)."""
+        self.forward_threads.close()
 
     @staticmethod
     def _release(models: list[LoadedModel]) -> None:

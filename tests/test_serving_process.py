@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.inference.batcher import Batcher
 from app.inference.cache import LoadedModel, ModelCache
+from app.inference.passing_thread import in_passing_thread
 from app.inference.router import predict_endpoint
 from app.main import create_app
 from app.tasktypes.common import Preprocessing
@@ -193,3 +194,20 @@ def test_every_models_forward_passes_and_warm_ups_run_on_the_same_threads(served
         assert cache.forward_threads.started == 1
     finally:
         cache.close()
+
+
+def test_torch_work_off_the_forward_threads_runs_in_a_thread_that_ends() -> None:
+    seen: list[threading.Thread] = []
+
+    def work(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x * 2
+
+    assert in_passing_thread(work, 21) == 42
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+
+    def broken() -> None:
+        raise ValueError("cannot convert")
+
+    with pytest.raises(ValueError, match="cannot convert"):
+        in_passing_thread(broken)

@@ -22,6 +22,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from app.errors import InvalidInput
 from app.inference.batcher import Batcher, ForwardThreads, PreparingCounter
 from app.inference.memory import collect_released, freeze_long_lived
+from app.inference.passing_thread import in_passing_thread
 from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
 from app.observability.metrics import observe_model_load
 from app.tasktypes.calibration import load_temperature
@@ -190,7 +191,9 @@ class ModelCache:
                 if key in self._models:
                     return self._models[key]
             runtime_folder = runtime_folder_for() if runtime_folder_for is not None else None
-            loaded = load_served_model(model_id, folder_for(), runtime, runtime_folder, self.threads)
+            # in a thread that ends with it: quantizing for int8 runs torch's math, which in a long-lived thread
+            # slows the forward threads (app/inference/passing_thread.py)
+            loaded = in_passing_thread(load_served_model, model_id, folder_for(), runtime, runtime_folder, self.threads)
             observe_model_load(ahead)
             loaded.batcher = Batcher(
                 _weak_forward(loaded),  # the batcher must not keep its model alive: no cycle to collect

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request
 from app.deps import NEEDS_TRAIN, CurrentTeam, ResourceId, SessionDep, StoreDep
 from app.errors import InvalidInput
 from app.inference.conversion import ensure_converted
+from app.inference.passing_thread import in_passing_thread
 from app.inference.service import Serving
 from app.pagination import Page, Paging
 from app.registry import service
@@ -63,7 +64,8 @@ def set_alias(
     def before_move(models: list[RegisteredModel]) -> None:
         check_one_task(name, models)
         for model in models:
-            ensure_converted(session, store, model, body.runtime, serving.cache.threads)
+            # in a thread that ends with it: torch's math in a long-lived threadpool thread slows /predict
+            in_passing_thread(ensure_converted, session, store, model, body.runtime, serving.cache.threads)
         warm_all(serving, team.id, name, [served(m, body.runtime) for m in models])
 
     alias = service.set_alias(

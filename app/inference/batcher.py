@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent requests for one model are merged into one forward pass.
 
 Each served model has a batcher: a queue, worked by the API process's forward threads (`ForwardThreads`, shared by
-all models; a batcher made alone has threads of its own). A request submits its already-encoded
+all models; a batcher made alone has a set of its own). A request submits its already-encoded
 inputs and awaits an asyncio future (it holds no threadpool thread while it waits). A worker takes the first
 pending request and keeps collecting for at most `max_wait_s`, until `max_batch` inputs, while another request is
 still being prepared, or while fewer requests wait than it expects (those the last forward pass answered, whose
@@ -98,21 +98,19 @@ class Batcher:
         name: str = "batcher",
         shared: ForwardThreads | None = None,
     ) -> None:
-        """`shared`: run on the process's forward threads (ModelCache's) instead of threads of its own."""
+        """`shared`: the process's forward threads (ModelCache's); without, `workers` threads of its own on `threads`
+        torch threads each."""
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.workers = workers
-        self.threads = threads
         self.others_preparing = others_preparing
         self.name = name
-        self.shared = shared
-        self._cond = shared.cond if shared is not None else threading.Condition()
+        self._own_threads = shared is None
+        self.shared = shared if shared is not None else ForwardThreads(workers, threads)
+        self._cond = self.shared.cond
         self._pending: deque[_Pending] = deque()
         self._pending_inputs = 0
-        self._alive = 0  # worker threads running
         self._collecting = False  # one worker at a time gathers the next batch
-        self._closing = False
         self._answered = 0  # requests the last forward pass answered
         self._answered_at = 0.0  # when (monotonic)
 
@@ -124,38 +122,14 @@ class Batcher:
         with self._cond:
             self._pending.append(item)
             self._pending_inputs += size
-            if self.shared is not None:
-                self.shared.wake(self)
-                return item.future
-            if self._alive == 0:
-                # Started on first use, and again if a request raced a close(): no request is ever stranded.
-                for n in range(self.workers):
-                    threading.Thread(target=self._run, name=f"{self.name}-{n}", daemon=True).start()
-                self._alive = self.workers
-            self._cond.notify_all()
+            self.shared.wake(self)
         return item.future
 
     def close(self) -> None:
-        """Let the workers exit once nothing is pending (the model was evicted or the app stops)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        while (batch := self._collect()) is not None:
-            self._execute(batch)
-
-    def _collect(self) -> list[_Pending] | None:
-        """The next batch: wait for a first request, then briefly for company; None when closed and idle."""
-        with self._cond:
-            while self._collecting or not self._pending:
-                if self._closing and not self._pending:
-                    self._alive -= 1
-                    return None
-                self._cond.wait()
-            return self._gather()
+        """The model was evicted or the app stops: threads of its own exit once nothing is pending (shared ones
+        serve what it still has pending and go on)."""
+        if self._own_threads:
+            self.shared.close()
 
     def _gather(self) -> list[_Pending]:
         """With a request pending (called under the lock): wait briefly for company, then take the batch."""

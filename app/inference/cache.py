@@ -27,6 +27,7 @@ from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_f
 from app.observability.metrics import observe_model_load
 from app.tasktypes.calibration import load_temperature
 from app.tasktypes.common import Preprocessing
+from app.tasktypes.pooling import apply_saved_pooling
 from app.tasktypes.specs import TaskSpec, task_spec
 from app.tasktypes.types import TaskType
 
@@ -137,7 +138,7 @@ def load_served_model(
         assert runtime_folder is not None, "an onnx model loads from its exported graph"
         run = onnx_forward(runtime_folder / ONNX_FILE, threads or default_forward_threads())
         return LoadedModel(model_id, None, processor, prep, spec, temperature, runtime=runtime, run=run)
-    model = AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval()
+    model = apply_saved_pooling(AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval())
     if runtime == INT8:
         model = quantize_int8(model)
     return LoadedModel(model_id, model, processor, prep, spec, temperature, runtime=runtime)

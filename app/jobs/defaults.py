@@ -103,11 +103,26 @@ def auto_strategy(train_rows: int) -> tuple[str, str]:
     return "full", "full: a fresh head and the whole model train together (lp_ft measured worse on small sets)"
 
 
+def auto_pooling(base_pooling: str | None) -> tuple[str, str]:
+    """What a text model's new head reads, from what the base model's folder says it was trained for."""
+    if base_pooling == "mean":
+        return "mean", (
+            "mean: the base model was trained for mean-pooled sentence embeddings (its sentence-transformers "
+            "Pooling config, or a model fine-tuned with mean pooling)"
+        )
+    return "cls", "cls: the first token, as the model's own classification head reads it"
+
+
 def apply_defaults(
-    hp: Hyperparameters, task: TaskType | str, train_rows: int, family: str | None = None, devices: int = 1
+    hp: Hyperparameters,
+    task: TaskType | str,
+    train_rows: int,
+    family: str | None = None,
+    devices: int = 1,
+    base_pooling: str | None = None,
 ) -> Hyperparameters:
-    """A copy with every left-out or "auto" field decided for this task, model family, training split and number of
-    devices (idempotent: the worker applies it again)."""
+    """A copy with every left-out or "auto" field decided for this task, model family, training split, number of
+    devices and the pooling the base model was trained for (idempotent: the worker applies it again)."""
     task = TaskType(task)
     defaults = TASK_DEFAULTS[task]
     filled: dict[str, Any] = {"lr_scheduler": hp.lr_scheduler or defaults["lr_scheduler"]}
@@ -134,6 +149,8 @@ def apply_defaults(
             )
     if hp.strategy == "auto":
         filled["strategy"], auto["strategy"] = auto_strategy(train_rows)
+    if hp.pooling == "auto" and task == TaskType.text_classification:
+        filled["pooling"], auto["pooling"] = auto_pooling(base_pooling)
     if hp.precision == "auto" and "precision" not in auto:
         auto["precision"] = AUTO_PRECISION
     filled["auto"] = auto

@@ -139,6 +139,13 @@ class Hyperparameters(BaseModel):
         description='"full": train everything from a fresh head; "lp_ft": first fit the new head on frozen features '
         '(a linear probe), then train everything; "head_only": train only the head; "auto": full (see README)',
     )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description='text models only: what the new head reads. "cls": the first token, as the model\'s own '
+        'classification class does; "mean": the mean of the token vectors, as sentence-embedding encoders '
+        '(sentence-transformers models such as all-MiniLM-L6-v2) were trained to be read; "auto": mean where the '
+        "base model's folder says it was trained for mean-pooled embeddings, else cls",
+    )
     adapter: Adapter | None = Field(
         None,
         description='null: train the model\'s own weights as freeze and strategy say; {"type": "lora", ...}: train a '

@@ -13,6 +13,7 @@ from app.errors import InvalidInput
 from app.jobs.adapters import default_targets, model_skeleton, named_head_modules, target_problem
 from app.jobs.blocks import BLOCK_LISTS, find_blocks, weight_names
 from app.jobs.schemas import Hyperparameters
+from app.tasktypes.pooling import FIELD, POOLINGS, mean_pooling_unsupported
 from app.tasktypes.types import TaskType
 
 # Architectures whose position ids start after the padding index: they read two fewer tokens than their table holds.
@@ -42,7 +43,13 @@ def check_spec(
             f"augmentation \"{hp.augmentation}\" applies to image datasets only and dataset '{dataset.name}' is "
             f'{task.value}; set augmentation to "none" or leave it out'
         )
+    if task != TaskType.text_classification and hp.pooling != "auto":
+        raise InvalidInput(
+            f"pooling \"{hp.pooling}\" applies to text models only and dataset '{dataset.name}' is {task.value}; "
+            "leave pooling out (image models pool as their architecture does)"
+        )
     if task == TaskType.text_classification:
+        _check_pooling(hp, dataset, base, store, "pooling" in user_set)
         positions = max_positions(base_config(base, store))
         if positions is not None and hp.max_length > positions:
             if "max_length" not in user_set:
@@ -109,6 +116,29 @@ def _check_adapter(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, ta
     problem = target_problem(skeleton, targets, named_head_modules(skeleton))
     if problem:
         raise InvalidInput(f"base_model '{base.name}': {problem}")
+
+
+def _check_pooling(
+    hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, chosen: bool
+) -> None:
+    """A fine-tuned base model keeps the pooling it was trained with unless the user chose; "mean" needs a head that
+    can read it (a 422 when chosen, else "cls" and the reason)."""
+    saved = base_config(base, store).get(FIELD)
+    if not chosen and base.folder is None and saved in POOLINGS and saved != hp.pooling:
+        hp.pooling = saved
+        hp.auto["pooling"] = f"{saved}: as base_model '{base.name}' was fine-tuned"
+    if hp.pooling != "mean" or base.folder is None:
+        return
+    try:
+        why = mean_pooling_unsupported(model_skeleton(base.folder, TaskType.text_classification, len(dataset.labels)))
+    except Exception:  # an unreadable or unknown config: the worker loads the model and says what is wrong
+        return
+    if why is None:
+        return
+    if chosen:
+        raise InvalidInput(f'pooling "mean" cannot apply to base_model \'{base.name}\': {why}; use pooling "cls"')
+    hp.pooling = "cls"
+    hp.auto["pooling"] = f"cls: {why}"
 
 
 def base_config(base: BaseModelRef, store: ArtifactStore) -> dict[str, Any]:

@@ -76,7 +76,8 @@ def concat(parts: Sequence[Encoded]) -> Encoded:
 
 
 class Batcher:
-    """A queue of pending requests for one model and the worker threads that serve them in merged forward passes.
+    """A queue of pending requests for one model, served in merged forward passes on the process's forward threads
+    (`ForwardThreads`, shared by every model's batcher; a batcher made alone gets a set of its own).
 
     Each forward runs on `threads` torch intra-op threads (the cache's default: all cores). On an otherwise idle
     2-core machine two threads served 225 req/s at 32 clients against 173 with one (bench/predict.py). When the API

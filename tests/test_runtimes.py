@@ -140,6 +140,7 @@ def test_an_alias_on_int8_answers_the_same_labels(client, text_model):
     assert top_labels(on_int8) == top_labels(on_torch)
     assert on_int8 != on_torch  # the quantized weights did run: their scores move a little
     record = client.get(f"/models/{text_model}").json()["runtimes"]["int8"]
+    assert record["engine"] == "onnxruntime"  # the optional extra is installed: its int8 is the faster one
     assert record["test_examples"] > 0 and 0 <= record["test_accuracy"] <= 1
     assert record["torch_test_accuracy"] is not None
 
@@ -223,3 +224,16 @@ def test_without_the_onnx_packages_the_service_starts_and_says_what_to_install(s
             assert "pip install 'finetune-service[onnx]'" in answer.json()["detail"]
     finally:
         processes.stop([service.processes.pop("api-no-onnx")])
+
+
+def test_int8_without_onnx_runtime_files_quantizes_with_torch(service, text_model, tmp_path):
+    """A process converting without ONNX Runtime keeps no int8 graph: int8 then quantizes the Linear layers with
+    torch.ao at load, and answers the torch model's labels."""
+    folder = service.store().local_dir(model_key(text_model))
+    reference = load_served_model(text_model, folder)
+    quantized = load_served_model(text_model, folder, "int8", tmp_path)  # an empty runtime folder
+    assert quantized.model is not None
+    kinds = {type(m).__module__ for m in quantized.model.modules()}
+    assert any(kind.startswith("torch.ao.nn.quantized") for kind in kinds)
+    inputs = reference.encode(TEXTS)
+    assert quantized.forward(inputs).argmax(1).tolist() == reference.forward(inputs).argmax(1).tolist()

@@ -23,7 +23,17 @@ from app.errors import InvalidInput
 from app.inference.batcher import Batcher, ForwardThreads, PreparingCounter
 from app.inference.memory import collect_released, freeze_long_lived
 from app.inference.passing_thread import in_passing_thread
-from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, Forward, onnx_forward, quantize_int8, torch_forward
+from app.inference.runtimes import (
+    INT8,
+    INT8_ONNX_FILE,
+    ONNX,
+    ONNX_FILE,
+    TORCH,
+    Forward,
+    onnx_forward,
+    quantize_int8,
+    torch_forward,
+)
 from app.observability.metrics import observe_model_load
 from app.tasktypes.calibration import load_temperature
 from app.tasktypes.common import Preprocessing
@@ -137,6 +147,9 @@ def load_served_model(
     if runtime == ONNX:
         assert runtime_folder is not None, "an onnx model loads from its exported graph"
         run = onnx_forward(runtime_folder / ONNX_FILE, threads or default_forward_threads())
+        return LoadedModel(model_id, None, processor, prep, spec, temperature, runtime=runtime, run=run)
+    if runtime == INT8 and runtime_folder is not None and (runtime_folder / INT8_ONNX_FILE).is_file():
+        run = onnx_forward(runtime_folder / INT8_ONNX_FILE, threads or default_forward_threads())
         return LoadedModel(model_id, None, processor, prep, spec, temperature, runtime=runtime, run=run)
     model = apply_saved_pooling(AUTO_CLASSES[task].from_pretrained(str(folder), trust_remote_code=False).eval())
     if runtime == INT8:

@@ -28,7 +28,18 @@ from app.datasets.tables import Dataset
 from app.db import utcnow
 from app.errors import AppError, InvalidInput
 from app.inference.cache import LoadedModel, load_served_model
-from app.inference.runtimes import INT8, ONNX, ONNX_FILE, TORCH, check_supported, export_onnx, require_packages
+from app.inference.runtimes import (
+    INT8,
+    INT8_ONNX_FILE,
+    ONNX,
+    ONNX_FILE,
+    TORCH,
+    check_supported,
+    export_onnx,
+    onnx_runtime_available,
+    quantize_onnx_int8,
+    require_packages,
+)
 from app.jobs.tables import TrainingJob
 from app.registry.tables import RegisteredModel
 
@@ -36,7 +47,7 @@ log = logging.getLogger(__name__)
 RUNTIME_FILE = "runtime.json"
 MAX_TEST_ROWS = 5000
 # Raised when a runtime's conversion changes, so that models converted before are converted (and scored) again.
-RECIPES: dict[str, int] = {ONNX: 1, INT8: 2}
+RECIPES: dict[str, int] = {ONNX: 1, INT8: 3}
 EVAL_BATCH = 64
 _converting = threading.Lock()
 
@@ -88,14 +99,25 @@ def _convert(
         manifest: dict[str, Any] = {"runtime": runtime, "torch": torch.__version__}
         if runtime == ONNX:
             export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE)
-            manifest.update(file=ONNX_FILE, opset=_opset(files / ONNX_FILE))
+            manifest.update(engine="onnxruntime", file=ONNX_FILE, opset=_opset(files / ONNX_FILE))
+        elif runtime == INT8 and onnx_runtime_available():
+            export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE)
+            manifest.update(engine="onnxruntime", file=INT8_ONNX_FILE, opset=_opset(files / ONNX_FILE))
+            manifest.update(quantize_onnx_int8(files / ONNX_FILE, files / INT8_ONNX_FILE))
+            (files / ONNX_FILE).unlink()  # the fp32 graph is onnx's business, not int8's
         elif runtime == INT8:
             # dynamic quantization is deterministic from the fp32 weights: redone at each load, nothing to keep
-            manifest.update(quantization="torch.ao dynamic, per channel", dtype="qint8", modules="widening Linear")
+            manifest.update(
+                engine="torch.ao",
+                quantization="torch.ao dynamic, per channel",
+                dtype="qint8",
+                modules="widening Linear",
+            )
         (files / RUNTIME_FILE).write_text(json.dumps(manifest, indent=2))
         converted = load_served_model(model.id, folder, runtime, files, threads)
         record: dict[str, Any] = {
             "recipe": RECIPES[runtime],
+            "engine": manifest.get("engine", "onnxruntime"),
             "converted_at": utcnow().isoformat(),
             "size_bytes": sum(p.stat().st_size for p in files.iterdir()),
             **_accuracies(session, store, model, reference, converted),

@@ -19,12 +19,7 @@ from app.config import Settings
 from app.db import Database
 from app.migrate import upgrade
 from app.processes import ROOT, api_command, worker_command
-from tests.factories import (
-    build_tiny_image_model,
-    build_tiny_sentence_model,
-    build_tiny_text_model,
-    build_tiny_timm_model,
-)
+from tests.factories import build_tiny_image_model, build_tiny_text_model, build_tiny_timm_model
 from tests.stacks import Stack, make_stack, postgres_database, process_env
 
 TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
@@ -91,7 +86,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("base-models")
     build_tiny_text_model(folder / "tiny-bert")
-    build_tiny_sentence_model(folder / "tiny-sbert")
     build_tiny_image_model(folder / "tiny-vit")
     build_tiny_timm_model(folder / "tiny-timm")
     return folder

@@ -38,20 +38,6 @@ def build_tiny_text_model(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_sentence_model(folder: Path) -> Path:
-    """The tiny BERT as a sentence-transformers folder trained for mean-pooled embeddings (modules.json, 1_Pooling)."""
-    build_tiny_text_model(folder)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    return folder
-
-
 def build_tiny_image_model(folder: Path) -> Path:
     """A 2-layer ViT on 32 px images with hidden size 32, saved in Hugging Face format."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor

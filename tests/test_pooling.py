@@ -14,7 +14,7 @@ from app.artifacts.layout import model_key
 from app.jobs.adapters import model_skeleton
 from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
-from app.tasktypes.pooling import apply_saved_pooling, mean_pooling_unsupported, sentence_pooling, use_pooling
+from app.tasktypes.pooling import apply_saved_pooling, mean_pooling_unsupported, use_pooling
 from app.tasktypes.types import TaskType
 from tests.conftest import wait_for_job
 from tests.factories import text_csv
@@ -33,41 +33,18 @@ def manual_mean_logits(model: torch.nn.Module, tokenizer, texts: list[str]) -> t
     return torch.stack(rows)
 
 
-def test_sentence_pooling_reads_what_a_folder_says(models_dir, tmp_path):
-    assert sentence_pooling(models_dir / "tiny-sbert") == "mean"
-    assert sentence_pooling(models_dir / "tiny-bert") is None
-    assert sentence_pooling(None) is None
-    cls_folder = tmp_path / "cls"
-    (cls_folder / "pool").mkdir(parents=True)
-    (cls_folder / "modules.json").write_text(
-        json.dumps([{"path": "pool", "type": "sentence_transformers.models.Pooling"}])
-    )
-    (cls_folder / "pool" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    assert sentence_pooling(cls_folder) == "cls"
-    escaping = tmp_path / "escaping"
-    escaping.mkdir()
-    (escaping / "modules.json").write_text(json.dumps([{"path": "../cls/pool", "type": "x.Pooling"}]))
-    assert sentence_pooling(escaping) is None  # a modules.json path never leaves the folder
-    fine_tuned = tmp_path / "fine-tuned"
-    fine_tuned.mkdir()
-    (fine_tuned / "config.json").write_text(json.dumps({"model_type": "bert", "classifier_pooling": "mean"}))
-    assert sentence_pooling(fine_tuned) == "mean"
-
-
-@pytest.mark.parametrize(("base_pooling", "expected"), [("mean", "mean"), ("cls", "cls"), (None, "cls")])
-def test_auto_pooling_follows_the_base_model_and_says_why(base_pooling, expected):
-    hp = apply_defaults(Hyperparameters(), TaskType.text_classification, 500, base_pooling=base_pooling)
-    assert hp.pooling == expected
-    assert hp.auto["pooling"].startswith(f"{expected}: ")
-    assert apply_defaults(hp, TaskType.text_classification, 500).pooling == expected  # idempotent
-    chosen = apply_defaults(Hyperparameters(pooling="cls"), TaskType.text_classification, 500, base_pooling="mean")
-    assert chosen.pooling == "cls" and "pooling" not in chosen.auto
-    image = apply_defaults(Hyperparameters(), TaskType.image_classification, 500, base_pooling="mean")
+def test_auto_pooling_reads_the_first_token_and_says_why():
+    hp = apply_defaults(Hyperparameters(), TaskType.text_classification, 500)
+    assert hp.pooling == "cls" and hp.auto["pooling"].startswith("cls: ")
+    assert apply_defaults(hp, TaskType.text_classification, 500).pooling == "cls"  # idempotent
+    chosen = apply_defaults(Hyperparameters(pooling="mean"), TaskType.text_classification, 500)
+    assert chosen.pooling == "mean" and "pooling" not in chosen.auto
+    image = apply_defaults(Hyperparameters(), TaskType.image_classification, 500)
     assert image.pooling == "auto" and "pooling" not in image.auto
 
 
 def test_mean_pooled_forward_ignores_padding_and_matches_the_plain_mean(models_dir):
-    folder = models_dir / "tiny-sbert"
+    folder = models_dir / "tiny-bert"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     cls_logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits.detach()
@@ -90,7 +67,7 @@ def test_a_saved_mean_pooled_model_loads_the_same_everywhere(models_dir, tmp_pat
     from app.tasktypes.common import Preprocessing
     from app.tasktypes.text import collate
 
-    folder = models_dir / "tiny-sbert"
+    folder = models_dir / "tiny-bert"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     use_pooling(model, "mean")
@@ -115,7 +92,7 @@ def test_a_saved_mean_pooled_model_loads_the_same_everywhere(models_dir, tmp_pat
 
 
 def test_mean_pooling_needs_a_linear_head_over_the_hidden_states(models_dir):
-    assert mean_pooling_unsupported(model_skeleton(models_dir / "tiny-sbert", TaskType.text_classification, 3)) is None
+    assert mean_pooling_unsupported(model_skeleton(models_dir / "tiny-bert", TaskType.text_classification, 3)) is None
     roberta = RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     with torch.device("meta"):
         skeleton = AutoModelForSequenceClassification.from_config(roberta)
@@ -131,14 +108,12 @@ def upload(client, task: str = "text_classification") -> str:
     return dataset.json()["id"]
 
 
-def test_a_job_on_a_sentence_encoder_mean_pools_from_training_to_predict(service, client):
-    hp = {"max_steps": 6, "batch_size": 8, "max_length": 16, "learning_rate": 3e-3, "seed": 3}
-    submitted = client.post(
-        "/jobs", json={"dataset_id": upload(client), "base_model": "tiny-sbert", "hyperparameters": hp}
-    )
+def test_a_mean_pooled_job_pools_from_training_to_predict_and_as_a_base_model(service, client):
+    hp = {"max_steps": 6, "batch_size": 8, "max_length": 16, "learning_rate": 3e-3, "seed": 3, "pooling": "mean"}
+    dataset = upload(client)
+    submitted = client.post("/jobs", json={"dataset_id": dataset, "base_model": "tiny-bert", "hyperparameters": hp})
     assert submitted.status_code == 201, submitted.text
-    stored = submitted.json()["hyperparameters"]
-    assert stored["pooling"] == "mean" and "mean-pooled sentence embeddings" in stored["auto"]["pooling"]
+    assert submitted.json()["hyperparameters"]["pooling"] == "mean"
     job = wait_for_job(client, submitted.json()["id"])
     assert job["status"] == "succeeded", job["error"]
     folder = Path(service.store().local_dir(model_key(job["model_id"])))
@@ -154,6 +129,15 @@ def test_a_job_on_a_sentence_encoder_mean_pools_from_training_to_predict(service
     for ranked, probs in zip(answer.json()["predictions"], expected, strict=True):
         scores = {p["label"]: p["score"] for p in ranked}
         assert scores == pytest.approx({labels[i]: float(p) for i, p in enumerate(probs)}, abs=1e-3)
+    # Fine-tuning that model again keeps its pooling unless the spec says otherwise.
+    again = {"dataset_id": dataset, "base_model": job["model_id"], "hyperparameters": {"max_steps": 1}}
+    kept = client.post("/jobs", json=again).json()
+    assert kept["hyperparameters"]["pooling"] == "mean"
+    assert "was fine-tuned" in kept["hyperparameters"]["auto"]["pooling"]
+    told = client.post("/jobs", json={**again, "hyperparameters": {"max_steps": 1, "pooling": "cls"}}).json()
+    assert told["hyperparameters"]["pooling"] == "cls"
+    for queued in (kept, told):
+        assert wait_for_job(client, queued["id"])["status"] == "succeeded"
 
 
 def test_pooling_is_for_text_and_a_chosen_mean_needs_a_model_that_can(client):

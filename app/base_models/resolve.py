@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from app.artifacts.store import ArtifactStore
 from app.errors import InvalidInput
 from app.registry.tables import RegisteredModel
-from app.tasktypes.pooling import sentence_pooling
 from app.tasktypes.types import TaskType
 
 
@@ -29,7 +28,6 @@ class BaseModelRef:
     folder: Path | None = None
     storage_key: str | None = None
     family: str | None = None  # text_encoder, conv_image or vision_transformer (the defaults differ); None: unknown
-    pooling: str | None = None  # "mean" for a sentence-embedding encoder (app/tasktypes/pooling.py); None: unknown
 
     def local_folder(self, store: ArtifactStore) -> Path:
         """The model's folder on this machine (a remote store's copy is downloaded into the cache)."""
@@ -49,17 +47,13 @@ def find_base_model(session: Session, models_dir: Path, team_id: str, name: str,
         ancestor = (
             find_base_model(session, models_dir, team_id, registered.base_model, depth + 1) if depth < 8 else None
         )
-        family, pooling = (ancestor.family, ancestor.pooling) if ancestor is not None else (None, None)
-        return BaseModelRef(
-            name, TaskType(registered.task), storage_key=registered.storage_key, family=family, pooling=pooling
-        )
+        family = ancestor.family if ancestor is not None else None
+        return BaseModelRef(name, TaskType(registered.task), storage_key=registered.storage_key, family=family)
     folder = _models_dir_folder(Path(models_dir), name) or _from_hub_cache(name)
     if folder is None:
         return None
     task = task_of_config(folder)
-    return BaseModelRef(
-        name, task, folder=folder, family=family_of_config(folder, task), pooling=sentence_pooling(folder)
-    )
+    return BaseModelRef(name, task, folder=folder, family=family_of_config(folder, task))
 
 
 def check_base_model(session: Session, models_dir: Path, team_id: str, name: str, task: TaskType) -> BaseModelRef:

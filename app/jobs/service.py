@@ -43,7 +43,7 @@ def create_job(
     check_resources(session, settings, spec.resources.pool, spec.resources.gpus)
     task = TaskType(dataset.task)
     base = check_base_model(session, settings.models_dir, team_id, spec.base_model, task)
-    hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family, spec.resources.gpus, base.pooling)
+    hp = apply_defaults(spec.hyperparameters, task, train_rows(dataset), base.family, spec.resources.gpus)
     check_spec(hp, dataset, base, store, task, spec.hyperparameters.model_fields_set)
     hp.expected_memory = expected_memory(dataset, base, hp, settings.job_memory_budget_mb)
     job = lifecycle.submit(

@@ -118,27 +118,21 @@ def _check_adapter(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, ta
         raise InvalidInput(f"base_model '{base.name}': {problem}")
 
 
-def _check_pooling(
-    hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, chosen: bool
-) -> None:
-    """A fine-tuned base model keeps the pooling it was trained with unless the user chose; "mean" needs a head that
-    can read it (a 422 when chosen, else "cls" and the reason)."""
+def _check_pooling(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, chosen: bool) -> None:
+    """A model this service fine-tuned with mean pooling keeps it as a base model unless the user chose; a chosen
+    "mean" needs a head that can read it (a 422 that says so)."""
     saved = base_config(base, store).get(FIELD)
-    if not chosen and base.folder is None and saved in POOLINGS and saved != hp.pooling:
+    if not chosen and saved in POOLINGS and saved != hp.pooling:
         hp.pooling = saved
         hp.auto["pooling"] = f"{saved}: as base_model '{base.name}' was fine-tuned"
-    if hp.pooling != "mean" or base.folder is None:
+    if not chosen or hp.pooling != "mean" or base.folder is None:
         return
     try:
         why = mean_pooling_unsupported(model_skeleton(base.folder, TaskType.text_classification, len(dataset.labels)))
     except Exception:  # an unreadable or unknown config: the worker loads the model and says what is wrong
         return
-    if why is None:
-        return
-    if chosen:
+    if why is not None:
         raise InvalidInput(f'pooling "mean" cannot apply to base_model \'{base.name}\': {why}; use pooling "cls"')
-    hp.pooling = "cls"
-    hp.auto["pooling"] = f"cls: {why}"
 
 
 def base_config(base: BaseModelRef, store: ArtifactStore) -> dict[str, Any]:

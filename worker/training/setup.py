@@ -17,7 +17,7 @@ from app.jobs.defaults import apply_defaults
 from app.jobs.schemas import Hyperparameters
 from app.tasktypes.common import head_parameter_names, trained_labels
 from app.tasktypes.image import DecodedPerBatch
-from app.tasktypes.pooling import mean_pooling_unsupported, sentence_pooling, use_pooling
+from app.tasktypes.pooling import use_pooling
 from app.tasktypes.specs import task_spec
 from app.tasktypes.types import TaskType
 from worker.training.adapters import attach_adapter, describe_trainable, trainable_summary
@@ -52,13 +52,13 @@ def build_run(
     processor = spec.load_processor(base_path)
     prep = spec.make_preprocessing(processor, labels, hp)
     splits = prepare_splits(records, spec, processor, prep, data_budget_bytes)
-    hp = apply_defaults(hp, task, len(splits["train"]), base_pooling=sentence_pooling(base_path))
+    hp = apply_defaults(hp, task, len(splits["train"]))
     assert isinstance(hp.epochs, int) and hp.learning_rate and hp.lr_scheduler and hp.batch_size, (
         "apply_defaults decides"
     )
     loaded, fresh, notes = spec.load_model(base_path, labels, hp.dropout, prep)
     if TaskType(task) == TaskType.text_classification:
-        notes += choose_pooling(loaded, hp)
+        use_pooling(loaded, "cls" if hp.pooling == "auto" else hp.pooling)  # a ValueError says why "mean" cannot
     model: PreTrainedModel | PeftModel = loaded
     if isinstance(splits["train"].encoded, DecodedPerBatch):
         notes.append(
@@ -95,18 +95,6 @@ def build_run(
     weights = class_weight_tensor(hp, labels, splits["train"].labels)
     run.class_weights = weights.to(device) if weights is not None else None
     return run, notes
-
-
-def choose_pooling(model: PreTrainedModel, hp: Hyperparameters) -> list[str]:
-    """Make a text model read `hp.pooling`; "mean" that "auto" chose falls back to "cls" where the head cannot read it
-    (a note says so), while a user's "mean" fails the job with the reason."""
-    why = mean_pooling_unsupported(model) if hp.pooling == "mean" else None
-    if why is not None and "pooling" in hp.auto:
-        hp.pooling, hp.auto["pooling"] = "cls", f"cls: {why}"
-        use_pooling(model, "cls")
-        return [f'pooling "mean" does not apply ({why}): the head reads the first token (cls) instead']
-    use_pooling(model, "cls" if hp.pooling == "auto" else hp.pooling)
-    return []
 
 
 def freeze_backbone(model: torch.nn.Module, head: set[str]) -> None:

@@ -107,7 +107,7 @@ def auto_pooling() -> tuple[str, str]:
     """What a text model's new head reads: the first token. Mean pooling, what sentence-embedding encoders were
     trained for, measured no better on Rotten Tomatoes (bench/README.md), so it is a named option."""
     return "cls", (
-        "cls: the first token, as the model's own classification head reads it (pooling \"mean\" measured no "
+        'cls: the first token, as the model\'s own classification head reads it (pooling "mean" measured no '
         "better with MiniLM on 1,000 reviews)"
     )
 

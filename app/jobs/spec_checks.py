@@ -118,7 +118,9 @@ def _check_adapter(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, ta
         raise InvalidInput(f"base_model '{base.name}': {problem}")
 
 
-def _check_pooling(hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, chosen: bool) -> None:
+def _check_pooling(
+    hp: Hyperparameters, dataset: Dataset, base: BaseModelRef, store: ArtifactStore, chosen: bool
+) -> None:
     """A model this service fine-tuned with mean pooling keeps it as a base model unless the user chose; a chosen
     "mean" needs a head that can read it (a 422 that says so)."""
     saved = base_config(base, store).get(FIELD)

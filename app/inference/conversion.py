@@ -117,7 +117,7 @@ def _convert(
         converted = load_served_model(model.id, folder, runtime, files, threads)
         record: dict[str, Any] = {
             "recipe": RECIPES[runtime],
-            "engine": manifest.get("engine", "onnxruntime"),
+            "engine": manifest["engine"],
             "converted_at": utcnow().isoformat(),
             "size_bytes": sum(p.stat().st_size for p in files.iterdir()),
             **_accuracies(session, store, model, reference, converted),

@@ -113,11 +113,7 @@ def auto_pooling() -> tuple[str, str]:
 
 
 def apply_defaults(
-    hp: Hyperparameters,
-    task: TaskType | str,
-    train_rows: int,
-    family: str | None = None,
-    devices: int = 1,
+    hp: Hyperparameters, task: TaskType | str, train_rows: int, family: str | None = None, devices: int = 1
 ) -> Hyperparameters:
     """A copy with every left-out or "auto" field decided for this task, model family, training split and number of
     devices (idempotent: the worker applies it again)."""

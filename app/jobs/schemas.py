@@ -60,7 +60,7 @@ class Adapter(BaseModel):
 
 class Hyperparameters(BaseModel):
     """How to fine-tune. Every field has a default a user can trust; those whose best value depends on the task or
-    the data (epochs, batch_size, learning_rate, lr_scheduler, strategy) are decided by app/jobs/defaults.py when the API accepts
+    the data (epochs, batch_size, learning_rate, lr_scheduler, strategy, pooling) are decided by app/jobs/defaults.py when the API accepts
     the job, so the stored spec always says what was used (and, in `auto`, why)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # Infinity or NaN is a 422, never a null
@@ -143,8 +143,8 @@ class Hyperparameters(BaseModel):
         "auto",
         description='text models only: what the new head reads. "cls": the first token, as the model\'s own '
         'classification class does; "mean": the mean of the token vectors, as sentence-embedding encoders '
-        '(sentence-transformers models such as all-MiniLM-L6-v2) were trained to be read; "auto": mean where the '
-        "base model's folder says it was trained for mean-pooled embeddings, else cls",
+        '(sentence-transformers models such as all-MiniLM-L6-v2) were trained to be read; "auto": cls (mean measured '
+        "no better), or what a base model this service fine-tuned was trained with",
     )
     adapter: Adapter | None = Field(
         None,

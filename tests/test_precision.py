@@ -173,7 +173,7 @@ def test_out_of_memory_halves_the_micro_batch_and_ends_where_a_halved_run_ends(n
     fit(halved, Hooks())
     recovered, reference = weights(run), weights(halved)
     for name, tensor in reference.items():  # the first two steps summed 8 rows at once instead of 4 + 4
-        torch.testing.assert_close(recovered[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(recovered[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
     # Resumed from the checkpoint after the halving, the run keeps the halved micro-batch and ends bit for bit.
     resumed = build(no_dropout)
@@ -246,7 +246,7 @@ def test_a_job_recovers_from_out_of_memory_on_a_worker(service, client, no_dropo
     )
     assert recovered.keys() == reference.keys()
     for name, tensor in reference.items():
-        torch.testing.assert_close(recovered[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(recovered[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_precision_is_one_of_four_and_auto_is_explained_at_submit(client, text_dataset):

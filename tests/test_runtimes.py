@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import pytest
@@ -107,6 +108,9 @@ def test_an_alias_on_onnx_answers_as_torch_does(client, service, text_model):
     reference = load_served_model(text_model, folder)
     exported = load_served_model(text_model, folder, "onnx", store.local_dir(runtime_key(text_model, "onnx")), 1)
     assert torch.allclose(exported.forward(TEXTS), reference.forward(TEXTS), atol=ONNX_TOLERANCE)
+    # A BERT-family encoder's graph is fused (its two layers' attention each one operator), and answers the same.
+    manifest = json.loads((store.local_dir(runtime_key(text_model, "onnx")) / "runtime.json").read_text())
+    assert manifest["exporter"].startswith("torchscript") and manifest["fused"]["Attention"] == 2, manifest
 
 
 def test_the_converted_accuracy_is_recorded_beside_the_original(client, service, key, text_model):
@@ -130,7 +134,7 @@ def test_the_converted_accuracy_is_recorded_beside_the_original(client, service,
         assert api.predict(TEXTS[:1], model="rt-text-2").runtime == "onnx"
 
 
-def test_an_alias_on_int8_answers_the_same_labels(client, text_model):
+def test_an_alias_on_int8_answers_the_same_labels(client, service, text_model):
     assert put_alias(client, "rt-text", text_model).status_code == 200
     _, on_torch = scores(client, "rt-text", texts=TEXTS)
     moved = put_alias(client, "rt-text", text_model, "int8")
@@ -143,6 +147,8 @@ def test_an_alias_on_int8_answers_the_same_labels(client, text_model):
     assert record["engine"] == "onnxruntime"  # the optional extra is installed: its int8 is the faster one
     assert record["test_examples"] > 0 and 0 <= record["test_accuracy"] <= 1
     assert record["torch_test_accuracy"] is not None
+    manifest = json.loads((service.store().local_dir(runtime_key(text_model, "int8")) / "runtime.json").read_text())
+    assert manifest["fused"]["Attention"] == 2 and manifest["modules"].endswith("2 fused Attention"), manifest
 
 
 async def _concurrently(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:

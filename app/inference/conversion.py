@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 RUNTIME_FILE = "runtime.json"
 MAX_TEST_ROWS = 5000
 # Raised when a runtime's conversion changes, so that models converted before are converted (and scored) again.
-RECIPES: dict[str, int] = {ONNX: 1, INT8: 4}
+RECIPES: dict[str, int] = {ONNX: 2, INT8: 5}
 EVAL_BATCH = 64
 _converting = threading.Lock()
 
@@ -98,10 +98,10 @@ def _convert(
         files = Path(tmp)
         manifest: dict[str, Any] = {"runtime": runtime, "torch": torch.__version__}
         if runtime == ONNX:
-            export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE)
+            manifest.update(export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE))
             manifest.update(engine="onnxruntime", file=ONNX_FILE, opset=_opset(files / ONNX_FILE))
         elif runtime == INT8 and onnx_runtime_available():
-            export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE)
+            manifest.update(export_onnx(reference.model, reference.prep, _sample_batch(reference), files / ONNX_FILE))
             manifest.update(engine="onnxruntime", file=INT8_ONNX_FILE, opset=_opset(files / ONNX_FILE))
             manifest.update(quantize_onnx_int8(files / ONNX_FILE, files / INT8_ONNX_FILE))
             (files / ONNX_FILE).unlink()  # the fp32 graph is onnx's business, not int8's

@@ -180,7 +180,7 @@ def _export_fused(model: Any, names: list[str], args: tuple[torch.Tensor, ...], 
     attention = model.config._attn_implementation
     traced = path.with_name(path.stem + ".traced.onnx")
     try:
-        model.set_attn_implementation("eager")  # the attention pattern the optimizer fuses (SDPA's is not)
+        _set_attention(model, "eager")  # the attention pattern the optimizer fuses (SDPA's is not)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in favour of dynamo's
             torch.onnx.export(
@@ -203,9 +203,17 @@ def _export_fused(model: Any, names: list[str], args: tuple[torch.Tensor, ...], 
         optimized.save_model_to_file(str(path))
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     finally:
-        model.set_attn_implementation(attention)
+        _set_attention(model, attention)
         traced.unlink(missing_ok=True)
     return {"exporter": "torchscript, fused by onnxruntime.transformers", "fused": fused}
+
+
+def _set_attention(model: Any, implementation: str) -> None:
+    """Which attention the model's forward runs (read at each forward since transformers 4.48)."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    else:
+        model.config._attn_implementation = implementation
 
 
 def _with_token_types(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:

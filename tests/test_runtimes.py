@@ -243,3 +243,33 @@ def test_int8_without_onnx_runtime_files_quantizes_with_torch(service, text_mode
     assert any(kind.startswith("torch.ao.nn.quantized") for kind in kinds)
     inputs = reference.encode(TEXTS)
     assert quantized.forward(inputs).argmax(1).tolist() == reference.forward(inputs).argmax(1).tolist()
+
+
+def test_a_fused_export_that_fails_falls_back_to_the_unfused_graph(models_dir, tmp_path, monkeypatch):
+    """A torch whose TorchScript exporter is gone (it is deprecated) still exports: dynamo's unfused graph, which
+    answers as torch does."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.inference.runtimes import export_onnx, onnx_forward
+    from app.tasktypes.common import Preprocessing
+    from app.tasktypes.text import collate
+
+    folder = models_dir / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    prep = Preprocessing(task="text_classification", labels=["LABEL_0", "LABEL_1"], max_length=32)
+    batch = collate(tokenizer, tokenizer(TEXTS)["input_ids"])
+    export = torch.onnx.export
+
+    def without_torchscript(*args, **kwargs):
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("the TorchScript exporter was removed")
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_torchscript)
+    attention = model.config._attn_implementation
+    assert export_onnx(model, prep, batch, tmp_path / "model.onnx") == {"exporter": "dynamo"}
+    assert model.config._attn_implementation == attention  # the model's own attention is given back
+    with torch.no_grad():
+        expected = model(**batch).logits
+    assert torch.allclose(onnx_forward(tmp_path / "model.onnx", 1)(batch), expected, atol=ONNX_TOLERANCE)
